@@ -1,0 +1,39 @@
+//! The Pushgateway data model, with no I/O.
+//!
+//! Owns:
+//! - grouping keys and their URL form, including `@base64` segments ([`key`]);
+//! - request-body decoding: `Content-Encoding` ([`body`]), the text format 0.0.4 parser
+//!   ([`text`]) and the delimited-protobuf decoder ([`delimited`]);
+//! - per-push validation and label sanitising ([`validate`]);
+//! - the replicated commands ([`command`]) and the group store with its deterministic
+//!   [`store::GroupStore::apply`] and the incremental consistency check ([`store`]);
+//! - rendering: text 0.0.4 with Go's float formatting, delimited protobuf and the `/api/v1`
+//!   JSON ([`render`], [`float`]).
+//!
+//! Contract: `apply` is a pure function of the store and the command. It reads no clock, no
+//! randomness and iterates only ordered maps, so the same command sequence yields the same
+//! store and the same rendered bytes on every replica.
+//!
+//! Does not own: storage, networking, Raft, HTTP. This crate must not depend on tokio,
+//! openraft, sled, tonic or axum.
+
+pub mod body;
+pub mod command;
+pub mod delimited;
+pub mod float;
+pub mod key;
+pub mod render;
+pub mod store;
+pub mod text;
+pub mod validate;
+
+/// The Prometheus client data model (`io.prometheus.client`), generated from
+/// `proto/metrics.proto`.
+pub mod pb {
+    #![allow(clippy::all, missing_docs)]
+    include!(concat!(env!("OUT_DIR"), "/io.prometheus.client.rs"));
+}
+
+pub use command::{Command, CommandResponse, Push};
+pub use key::GroupingKey;
+pub use store::GroupStore;
