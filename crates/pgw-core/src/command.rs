@@ -101,7 +101,7 @@ pub enum CodecError {
 }
 
 fn encode_versioned<T: Serialize>(value: &T) -> Vec<u8> {
-    let mut out = vec![COMMAND_FORMAT];
+    let out = vec![COMMAND_FORMAT];
     // postcard into a Vec cannot fail for these types (no maps with non-string keys, no
     // unsupported serde features); fall back to an empty body defensively.
     match postcard::to_extend(value, out) {
@@ -162,7 +162,10 @@ mod serde_bytes_vec {
             fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<Vec<u8>, E> {
                 Ok(v)
             }
-            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut a: A) -> Result<Vec<u8>, A::Error> {
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut a: A,
+            ) -> Result<Vec<u8>, A::Error> {
                 let mut out = Vec::new();
                 while let Some(b) = a.next_element::<u8>()? {
                     out.push(b);

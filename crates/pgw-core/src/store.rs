@@ -7,17 +7,21 @@
 //! Stored metrics are sanitised: grouping labels set from the key, `instance=""` added when
 //! absent, label pairs sorted by name.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::hash::{BuildHasherDefault, Hasher};
 
+use crate::command::{Command, CommandResponse, Payload, Push};
 use crate::key::GroupingKey;
-use crate::pb::MetricFamily;
+use crate::pb::{Gauge, LabelPair, Metric, MetricFamily, MetricType};
+use crate::validate;
 
 /// Name of the synthetic gauge holding the last successful push time.
 pub const PUSH_TIME: &str = "push_time_seconds";
 /// Name of the synthetic gauge holding the last failed push time.
 pub const PUSH_FAILURE_TIME: &str = "push_failure_time_seconds";
 /// HELP of [`PUSH_TIME`].
-pub const PUSH_TIME_HELP: &str = "Last Unix time when changing this group in the Pushgateway succeeded.";
+pub const PUSH_TIME_HELP: &str =
+    "Last Unix time when changing this group in the Pushgateway succeeded.";
 /// HELP of [`PUSH_FAILURE_TIME`].
 pub const PUSH_FAILURE_TIME_HELP: &str =
     "Last Unix time when changing this group in the Pushgateway failed.";
@@ -46,7 +50,9 @@ impl Group {
     }
     /// Value of `push_failure_time_seconds` in ns (0 = never failed).
     pub fn push_failure_time_ns(&self) -> i64 {
-        self.families.get(PUSH_FAILURE_TIME).map_or(0, |f| f.time_ns)
+        self.families
+            .get(PUSH_FAILURE_TIME)
+            .map_or(0, |f| f.time_ns)
     }
     /// `last_push_successful` of `/api/v1/metrics`: failure time ≤ success time.
     pub fn last_push_successful(&self) -> bool {
@@ -78,7 +84,11 @@ pub enum Effect {
 #[derive(Clone, Debug, Default)]
 pub struct GroupStore {
     groups: BTreeMap<GroupingKey, Group>,
-    index: index::FamilyIndex,
+    index: FamilyIndex,
+    /// Set when an unchecked push (`--push.disable-consistency-check`) was applied: the
+    /// store may then be inconsistent and [`GroupStore::inconsistencies`] runs the full
+    /// check. Derived state; not part of snapshots.
+    maybe_inconsistent: bool,
     /// Monotone maximum of the push times applied so far (ns). `apply` stamps
     /// `max(clock, command time)`, so `push_time_seconds` never goes backwards whichever node
     /// took the push.
@@ -138,31 +148,669 @@ impl GroupStore {
     }
 }
 
-mod index {
-    //! The family-name index (filled in by the store implementation).
-    use std::collections::{BTreeMap, BTreeSet};
+/// Errors decoding persisted store records.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RecordError {
+    /// Empty record.
+    #[error("empty store record")]
+    Empty,
+    /// A format version this build does not know.
+    #[error("unsupported store record format version {0}")]
+    Version(u8),
+    /// The record is corrupt.
+    #[error("malformed store record: {0}")]
+    Malformed(String),
+}
 
-    use crate::key::GroupingKey;
+/// Format version of persisted records ([`encode_family`], snapshots, keys).
+pub const RECORD_FORMAT: u8 = 1;
 
-    #[derive(Clone, Debug, Default)]
-    pub(super) struct FamilyIndex {
-        pub(super) families: BTreeMap<String, Entry>,
+/// Encodes a stored family as one persistent record: version byte, `time_ns`, protobuf.
+pub fn encode_family(sf: &StoredFamily) -> Vec<u8> {
+    use prost::Message;
+    let mut out = Vec::with_capacity(9 + sf.family.encoded_len());
+    out.push(RECORD_FORMAT);
+    out.extend_from_slice(&sf.time_ns.to_be_bytes());
+    // Encoding into a Vec cannot fail for lack of space.
+    let _ = sf.family.encode(&mut out);
+    out
+}
+
+/// Decodes what [`encode_family`] produced.
+pub fn decode_family(bytes: &[u8]) -> Result<StoredFamily, RecordError> {
+    use prost::Message;
+    let (&v, rest) = bytes.split_first().ok_or(RecordError::Empty)?;
+    if v != RECORD_FORMAT {
+        return Err(RecordError::Version(v));
+    }
+    let (ts, pb) = rest
+        .split_first_chunk::<8>()
+        .ok_or_else(|| RecordError::Malformed("truncated family record".into()))?;
+    let family = MetricFamily::decode(pb).map_err(|e| RecordError::Malformed(e.to_string()))?;
+    Ok(StoredFamily {
+        time_ns: i64::from_be_bytes(*ts),
+        family,
+    })
+}
+
+impl GroupingKey {
+    /// A prefix-free byte encoding of the key (version byte + postcard), used as a storage key
+    /// prefix. Deterministic; not order-preserving.
+    pub fn encode(&self) -> Vec<u8> {
+        let out = vec![RECORD_FORMAT];
+        match postcard::to_extend(self.pairs(), out) {
+            Ok(v) => v,
+            Err(_) => vec![RECORD_FORMAT],
+        }
     }
 
-    #[derive(Clone, Debug, Default)]
-    pub(super) struct Entry {
-        pub(super) holders: BTreeSet<GroupingKey>,
+    /// Decodes the key at the start of `bytes`, returning it and the remaining bytes.
+    pub fn decode_prefix(bytes: &[u8]) -> Result<(GroupingKey, &[u8]), RecordError> {
+        let (&v, rest) = bytes.split_first().ok_or(RecordError::Empty)?;
+        if v != RECORD_FORMAT {
+            return Err(RecordError::Version(v));
+        }
+        let (pairs, rest): (Vec<(String, String)>, &[u8]) =
+            postcard::take_from_bytes(rest).map_err(|e| RecordError::Malformed(e.to_string()))?;
+        Ok((GroupingKey::from_pairs(pairs), rest))
+    }
+}
+
+/// The message prefix of every rejected push (spec §5.1).
+pub const REJECT_PREFIX: &str =
+    "pushed metrics are invalid or inconsistent with existing metrics: ";
+
+const TIMESTAMP_ERROR: &str = "pushed metrics must not have timestamps";
+
+impl GroupStore {
+    /// Applies one command: the only way the store changes. Pure: reads no clock and no
+    /// randomness, iterates only ordered maps. Returns the client-visible outcome and what
+    /// changed (for persistence).
+    ///
+    /// A checked push is validated against the family-name index, so its cost grows with the
+    /// size of the push (and of the families it replaces), not with the size of the store.
+    pub fn apply(&mut self, cmd: &Command) -> (CommandResponse, Effect) {
+        match cmd {
+            Command::Delete { key } => match self.groups.remove(key) {
+                Some(group) => {
+                    for (name, sf) in &group.families {
+                        self.index.remove(key, name, &sf.family);
+                    }
+                    (CommandResponse::Applied, Effect::GroupRemoved(key.clone()))
+                }
+                None => (CommandResponse::Applied, Effect::None),
+            },
+            Command::Wipe => {
+                self.groups.clear();
+                self.index = FamilyIndex::default();
+                self.maybe_inconsistent = false;
+                (CommandResponse::Applied, Effect::Wiped)
+            }
+            Command::Push(push) => self.apply_push(push),
+        }
     }
 
-    impl FamilyIndex {
-        pub(super) fn names(&self) -> impl Iterator<Item = &str> {
-            self.families.keys().map(String::as_str)
+    fn apply_push(&mut self, push: &Push) -> (CommandResponse, Effect) {
+        let t = self.clock_ns.max(push.time_ns);
+        self.clock_ns = t;
+        let key = &push.key;
+        let mut families = match &push.payload {
+            Payload::Invalid(msg) => return self.fail(key, t, msg),
+            Payload::Families(bytes) => match crate::delimited::decode(bytes) {
+                Ok(f) => f,
+                Err(e) => return self.fail(key, t, &format!("undecodable command payload: {e}")),
+            },
+        };
+        if families
+            .iter()
+            .any(|f| f.metric.iter().any(|m| m.timestamp_ms.is_some()))
+        {
+            return self.fail(key, t, TIMESTAMP_ERROR);
         }
-        pub(super) fn holders<'a>(&'a self, name: &str) -> impl Iterator<Item = &'a GroupingKey> {
-            self.families.get(name).into_iter().flat_map(|e| e.holders.iter())
+        // The synthetic families always win over pushed ones of the same name.
+        families.retain(|f| f.name() != PUSH_TIME && f.name() != PUSH_FAILURE_TIME);
+        for f in &mut families {
+            validate::sanitize(f, key);
         }
-        pub(super) fn series_count(&self) -> usize {
-            0
+        if push.check {
+            if let Err(msg) = self.check_push(key, push.replace, &mut families) {
+                return self.fail(key, t, &msg);
+            }
+        } else {
+            self.maybe_inconsistent = true;
+        }
+        self.commit_push(key, push.replace, families, t)
+    }
+
+    /// Records a failed push: the failure time is set (creating the group when missing, with
+    /// `push_time_seconds` 0), nothing else changes. Fixes quirk Q2: a missing group is only
+    /// created when its synthetic series do not collide with another group's.
+    fn fail(&mut self, key: &GroupingKey, t: i64, msg: &str) -> (CommandResponse, Effect) {
+        let response = CommandResponse::Rejected(format!("{REJECT_PREFIX}{msg}"));
+        let mut names = vec![PUSH_FAILURE_TIME.to_string()];
+        if !self.groups.contains_key(key) {
+            let probe = synthetic(PUSH_TIME, key, 0);
+            let collides = probe.metric.first().is_some_and(|m| {
+                let h = validate::series_hash(&m.label);
+                self.index.series_count_of(PUSH_TIME, h) > 0
+                    || self.index.series_count_of(PUSH_FAILURE_TIME, h) > 0
+            });
+            if collides {
+                return (response, Effect::None);
+            }
+            self.set_family(key, PUSH_TIME, 0, probe);
+            names.insert(0, PUSH_TIME.to_string());
+        }
+        self.set_family(
+            key,
+            PUSH_FAILURE_TIME,
+            t,
+            synthetic(PUSH_FAILURE_TIME, key, t),
+        );
+        (
+            response,
+            Effect::Group {
+                key: key.clone(),
+                families: names,
+            },
+        )
+    }
+
+    /// Inserts or replaces one family of a group (creating the group), keeping the index
+    /// in step.
+    fn set_family(&mut self, key: &GroupingKey, name: &str, time_ns: i64, family: MetricFamily) {
+        let group = self.groups.entry(key.clone()).or_default();
+        self.index.add(key, name, &family);
+        if let Some(old) = group
+            .families
+            .insert(name.to_string(), StoredFamily { time_ns, family })
+        {
+            self.index.remove(key, name, &old.family);
+        }
+    }
+
+    fn commit_push(
+        &mut self,
+        key: &GroupingKey,
+        replace: bool,
+        families: Vec<MetricFamily>,
+        t: i64,
+    ) -> (CommandResponse, Effect) {
+        let mut changed: Vec<String> = Vec::new();
+        if replace {
+            if let Some(group) = self.groups.get_mut(key) {
+                let names: Vec<String> = group
+                    .families
+                    .keys()
+                    .filter(|n| !is_synthetic(n))
+                    .cloned()
+                    .collect();
+                for name in names {
+                    if let Some(old) = group.families.remove(&name) {
+                        self.index.remove(key, &name, &old.family);
+                    }
+                    changed.push(name);
+                }
+            }
+        }
+        for family in families {
+            let name = family.name().to_string();
+            self.set_family(key, &name, t, family);
+            changed.push(name);
+        }
+        self.set_family(key, PUSH_TIME, t, synthetic(PUSH_TIME, key, t));
+        changed.push(PUSH_TIME.to_string());
+        let has_failure = self
+            .groups
+            .get(key)
+            .is_some_and(|g| g.families.contains_key(PUSH_FAILURE_TIME));
+        if !has_failure {
+            self.set_family(
+                key,
+                PUSH_FAILURE_TIME,
+                0,
+                synthetic(PUSH_FAILURE_TIME, key, 0),
+            );
+            changed.push(PUSH_FAILURE_TIME.to_string());
+        }
+        changed.sort();
+        changed.dedup();
+        (
+            CommandResponse::Applied,
+            Effect::Group {
+                key: key.clone(),
+                families: changed,
+            },
+        )
+    }
+
+    /// The incremental consistency check (spec §6): would the store stay consistent with
+    /// this push applied? Looks only at the pushed families, the families of this group they
+    /// replace, and index entries of the names involved.
+    fn check_push(
+        &self,
+        key: &GroupingKey,
+        replace: bool,
+        families: &mut [MetricFamily],
+    ) -> Result<(), String> {
+        let group = self.groups.get(key);
+        let mut pushed: BTreeMap<&str, MetricType> = BTreeMap::new();
+        let mut types = Vec::with_capacity(families.len());
+        for f in families.iter_mut() {
+            let t = validate::check_family(f)?;
+            validate::check_reserved(f, t)?;
+            types.push(t);
+        }
+        for (f, t) in families.iter().zip(&types) {
+            pushed.insert(f.name(), *t);
+        }
+        // Does this group keep family `name` after the write?
+        let kept_here = |name: &str| -> Option<&StoredFamily> {
+            let sf = group?.families.get(name)?;
+            if pushed.contains_key(name) || (replace && !is_synthetic(name)) {
+                None
+            } else {
+                Some(sf)
+            }
+        };
+        // Type of family `name` after the write, if any group holds it.
+        let type_after = |name: &str| -> Option<MetricType> {
+            if let Some(t) = pushed.get(name) {
+                return Some(*t);
+            }
+            if let Some(sf) = kept_here(name) {
+                return validate::known_type(&sf.family).ok();
+            }
+            let mine = group.and_then(|g| g.families.get(name));
+            self.index.type_of_others(name, mine.map(|sf| &sf.family))
+        };
+        if group.is_none() {
+            let probe = synthetic(PUSH_TIME, key, 0);
+            for m in &probe.metric {
+                let h = validate::series_hash(&m.label);
+                if self.index.series_count_of(PUSH_TIME, h) > 0 {
+                    return Err(validate::duplicate_message(PUSH_TIME, &m.label));
+                }
+            }
+        }
+        for (f, &t) in families.iter().zip(&types) {
+            let name = f.name();
+            let mine = group
+                .and_then(|g| g.families.get(name))
+                .map(|sf| &sf.family);
+            // Type agreement with other groups.
+            if let Some(other) = self.index.type_of_others(name, mine) {
+                if other != t {
+                    let labels = f.metric.first().map(|m| validate::fmt_labels(&m.label));
+                    return Err(format!(
+                        "collected metric {name:?} {} is not a {} (other groups hold {name} as {})",
+                        labels.unwrap_or_default(),
+                        validate::type_name(other),
+                        validate::type_name(other)
+                    ));
+                }
+            }
+            // Series unique across groups.
+            if self.index.contains(name) {
+                let replaced: std::collections::HashSet<u64> = mine
+                    .map(|fam| {
+                        fam.metric
+                            .iter()
+                            .map(|m| validate::series_hash(&m.label))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                for m in &f.metric {
+                    let h = validate::series_hash(&m.label);
+                    let count = self.index.series_count_of(name, h);
+                    if count > usize::from(replaced.contains(&h)) {
+                        return Err(validate::duplicate_message(name, &m.label));
+                    }
+                }
+            }
+            // Suffix collisions (client_golang checkSuffixCollisions).
+            if let Some((base, suffix)) = validate::split_suffix(name) {
+                match type_after(base) {
+                    Some(MetricType::Summary) if suffix != "_bucket" => {
+                        return Err(format!(
+                            "collected metric named {name:?} collides with previously collected summary named {base:?}"
+                        ));
+                    }
+                    Some(MetricType::Histogram) => {
+                        return Err(format!(
+                            "collected metric named {name:?} collides with previously collected histogram named {base:?}"
+                        ));
+                    }
+                    _ => {}
+                }
+            }
+            if matches!(t, MetricType::Summary | MetricType::Histogram) {
+                let mut suffixes = vec!["_count", "_sum"];
+                if t == MetricType::Histogram {
+                    suffixes.push("_bucket");
+                }
+                for suffix in suffixes {
+                    let other = format!("{name}{suffix}");
+                    if type_after(&other).is_some() {
+                        return Err(format!(
+                            "collected histogram or summary named {name:?} collides with previously collected metric named {other:?}"
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Everything that makes the store inconsistent, as the reference's gather reports it
+    /// (spec §8.5); empty when consistent. Only an unchecked push can make a store
+    /// inconsistent; without one this returns at once, otherwise it checks the whole store.
+    pub fn inconsistencies(&self) -> Vec<String> {
+        if !self.maybe_inconsistent {
+            return Vec::new();
+        }
+        self.full_check()
+    }
+
+    /// The whole-store check, independent of history.
+    fn full_check(&self) -> Vec<String> {
+        let mut errors = Vec::new();
+        for (name, entry) in &self.index.families {
+            let mut family_type: Option<MetricType> = None;
+            let mut seen = std::collections::HashSet::new();
+            for key in &entry.holders {
+                let Some(sf) = self.groups.get(key).and_then(|g| g.families.get(name)) else {
+                    continue;
+                };
+                let t = match validate::check_family(&sf.family) {
+                    Ok(t) => t,
+                    Err(e) => {
+                        errors.push(e);
+                        continue;
+                    }
+                };
+                if let Err(e) = validate::check_reserved(&mut sf.family.clone(), t) {
+                    errors.push(e);
+                }
+                let ft = *family_type.get_or_insert(t);
+                for m in &sf.family.metric {
+                    if t != ft {
+                        errors.push(format!(
+                            "collected metric {name:?} {} is not a {}",
+                            validate::fmt_labels(&m.label),
+                            validate::type_name(ft)
+                        ));
+                    } else if !seen.insert(validate::series_hash(&m.label)) {
+                        errors.push(validate::duplicate_message(name, &m.label));
+                    }
+                }
+            }
+            if family_type.is_none() {
+                continue;
+            }
+            if let Some((base, suffix)) = validate::split_suffix(name) {
+                match self.index.any_type(base) {
+                    Some(MetricType::Summary) if suffix != "_bucket" => errors.push(format!(
+                        "collected metric named {name:?} collides with previously collected summary named {base:?}"
+                    )),
+                    Some(MetricType::Histogram) => errors.push(format!(
+                        "collected metric named {name:?} collides with previously collected histogram named {base:?}"
+                    )),
+                    _ => {}
+                }
+            }
+        }
+        errors
+    }
+
+    /// Rebuilds a store from persisted records: the push clock and every stored family with
+    /// its group key. Records may come in any order.
+    pub fn restore(
+        clock_ns: i64,
+        families: impl IntoIterator<Item = (GroupingKey, String, StoredFamily)>,
+    ) -> Self {
+        let mut store = GroupStore {
+            clock_ns,
+            ..Default::default()
+        };
+        for (key, name, sf) in families {
+            store.index.add(&key, &name, &sf.family);
+            let group = store.groups.entry(key.clone()).or_default();
+            if let Some(old) = group.families.insert(name.clone(), sf) {
+                store.index.remove(&key, &name, &old.family);
+            }
+        }
+        store.maybe_inconsistent = true;
+        store.maybe_inconsistent = !store.full_check().is_empty();
+        store
+    }
+
+    /// The whole store as one snapshot blob: version byte, clock, then one record per stored
+    /// family in grouping-key and family-name order (length-prefixed key, name and
+    /// [`encode_family`] record). Same store, same bytes.
+    pub fn encode_snapshot(&self) -> Vec<u8> {
+        let mut out = vec![RECORD_FORMAT];
+        out.extend_from_slice(&self.clock_ns.to_be_bytes());
+        for (key, group) in &self.groups {
+            let k = key.encode();
+            for (name, sf) in &group.families {
+                let rec = encode_family(sf);
+                for part in [k.as_slice(), name.as_bytes(), rec.as_slice()] {
+                    out.extend_from_slice(&(part.len() as u64).to_be_bytes());
+                    out.extend_from_slice(part);
+                }
+            }
+        }
+        out
+    }
+
+    /// Decodes what [`GroupStore::encode_snapshot`] produced.
+    pub fn decode_snapshot(bytes: &[u8]) -> Result<GroupStore, RecordError> {
+        let (&v, rest) = bytes.split_first().ok_or(RecordError::Empty)?;
+        if v != RECORD_FORMAT {
+            return Err(RecordError::Version(v));
+        }
+        let (clock, mut rest) = rest
+            .split_first_chunk::<8>()
+            .ok_or_else(|| RecordError::Malformed("truncated snapshot header".into()))?;
+        let take = |rest: &mut &[u8]| -> Result<Vec<u8>, RecordError> {
+            let (len, tail) = rest
+                .split_first_chunk::<8>()
+                .ok_or_else(|| RecordError::Malformed("truncated snapshot record".into()))?;
+            let len = usize::try_from(u64::from_be_bytes(*len))
+                .map_err(|_| RecordError::Malformed("snapshot record too long".into()))?;
+            if tail.len() < len {
+                return Err(RecordError::Malformed("truncated snapshot record".into()));
+            }
+            let (part, tail) = tail.split_at(len);
+            *rest = tail;
+            Ok(part.to_vec())
+        };
+        let mut records = Vec::new();
+        while !rest.is_empty() {
+            let k = take(&mut rest)?;
+            let name = String::from_utf8(take(&mut rest)?)
+                .map_err(|_| RecordError::Malformed("family name is not UTF-8".into()))?;
+            let sf = decode_family(&take(&mut rest)?)?;
+            let (key, tail) = GroupingKey::decode_prefix(&k)?;
+            if !tail.is_empty() {
+                return Err(RecordError::Malformed(
+                    "trailing bytes after grouping key".into(),
+                ));
+            }
+            records.push((key, name, sf));
+        }
+        Ok(GroupStore::restore(i64::from_be_bytes(*clock), records))
+    }
+}
+
+fn is_synthetic(name: &str) -> bool {
+    name == PUSH_TIME || name == PUSH_FAILURE_TIME
+}
+
+/// A synthetic gauge of a group: labels = the grouping key plus `instance=""` when the key
+/// has no instance; value = `time_ns / 1e9` (0 for never).
+pub fn synthetic(name: &str, key: &GroupingKey, time_ns: i64) -> MetricFamily {
+    let help = if name == PUSH_TIME {
+        PUSH_TIME_HELP
+    } else {
+        PUSH_FAILURE_TIME_HELP
+    };
+    let mut label: Vec<LabelPair> = key
+        .pairs()
+        .iter()
+        .map(|(k, v)| LabelPair {
+            name: Some(k.clone()),
+            value: Some(v.clone()),
+        })
+        .collect();
+    if key.get("instance").is_none() {
+        label.push(LabelPair {
+            name: Some("instance".into()),
+            value: Some(String::new()),
+        });
+        label.sort_by(|a, b| a.name().cmp(b.name()));
+    }
+    MetricFamily {
+        name: Some(name.to_string()),
+        help: Some(help.to_string()),
+        r#type: Some(MetricType::Gauge as i32),
+        metric: vec![Metric {
+            label,
+            gauge: Some(Gauge {
+                value: Some(time_ns as f64 / 1e9),
+            }),
+            ..Default::default()
+        }],
+        unit: None,
+    }
+}
+
+/// Hash map keyed by an already-mixed `u64` (series hashes): no second hashing, and no
+/// random state. Used for lookups only, never iterated into output.
+type SeriesMap = HashMap<u64, u32, BuildHasherDefault<IdentityHasher>>;
+
+#[derive(Default, Clone, Copy)]
+struct IdentityHasher(u64);
+
+impl Hasher for IdentityHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 << 8) | u64::from(b);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+/// The index behind the incremental consistency check: for each family name, which groups
+/// hold it, how many of them with each type, and a multiset of its series identities.
+#[derive(Clone, Debug, Default)]
+struct FamilyIndex {
+    families: BTreeMap<String, IndexEntry>,
+    series_total: usize,
+}
+
+#[derive(Clone, Debug, Default)]
+struct IndexEntry {
+    holders: BTreeSet<GroupingKey>,
+    /// Number of holders by [`MetricType`] value (0..=5); unknown types are not counted.
+    types: [u32; 6],
+    series: SeriesMap,
+}
+
+fn type_slot(family: &MetricFamily) -> Option<usize> {
+    validate::known_type(family).ok().map(|t| t as usize)
+}
+
+impl FamilyIndex {
+    fn names(&self) -> impl Iterator<Item = &str> {
+        self.families.keys().map(String::as_str)
+    }
+
+    fn holders<'a>(&'a self, name: &str) -> impl Iterator<Item = &'a GroupingKey> {
+        self.families
+            .get(name)
+            .into_iter()
+            .flat_map(|e| e.holders.iter())
+    }
+
+    fn series_count(&self) -> usize {
+        self.series_total
+    }
+
+    fn contains(&self, name: &str) -> bool {
+        self.families.contains_key(name)
+    }
+
+    fn series_count_of(&self, name: &str, hash: u64) -> usize {
+        self.families
+            .get(name)
+            .and_then(|e| e.series.get(&hash))
+            .map_or(0, |&c| c as usize)
+    }
+
+    /// The type of family `name` in groups other than the one holding `mine` (pass that
+    /// group's current family, if it holds one, to exclude it).
+    fn type_of_others(&self, name: &str, mine: Option<&MetricFamily>) -> Option<MetricType> {
+        let entry = self.families.get(name)?;
+        let mut types = entry.types;
+        if let Some(slot) = mine.and_then(type_slot) {
+            types[slot] = types[slot].saturating_sub(1);
+        }
+        types
+            .iter()
+            .position(|&c| c > 0)
+            .and_then(|i| MetricType::try_from(i as i32).ok())
+    }
+
+    fn any_type(&self, name: &str) -> Option<MetricType> {
+        self.type_of_others(name, None)
+    }
+
+    fn add(&mut self, key: &GroupingKey, name: &str, family: &MetricFamily) {
+        let entry = self.families.entry(name.to_string()).or_default();
+        entry.holders.insert(key.clone());
+        if let Some(slot) = type_slot(family) {
+            entry.types[slot] += 1;
+        }
+        for m in &family.metric {
+            *entry
+                .series
+                .entry(validate::series_hash(&m.label))
+                .or_insert(0) += 1;
+        }
+        self.series_total += family.metric.len();
+    }
+
+    fn remove(&mut self, key: &GroupingKey, name: &str, family: &MetricFamily) {
+        let Some(entry) = self.families.get_mut(name) else {
+            return;
+        };
+        entry.holders.remove(key);
+        if let Some(slot) = type_slot(family) {
+            entry.types[slot] = entry.types[slot].saturating_sub(1);
+        }
+        for m in &family.metric {
+            let h = validate::series_hash(&m.label);
+            if let Some(c) = entry.series.get_mut(&h) {
+                *c -= 1;
+                if *c == 0 {
+                    entry.series.remove(&h);
+                }
+            }
+        }
+        self.series_total = self.series_total.saturating_sub(family.metric.len());
+        if entry.holders.is_empty() {
+            self.families.remove(name);
         }
     }
 }
+
+#[cfg(test)]
+#[path = "store_tests.rs"]
+mod tests;

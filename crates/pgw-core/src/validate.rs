@@ -1,1 +1,317 @@
-//! Per-push validation and label sanitising (spec §5.2, §6 items 2, 5, 6).
+//! Per-push validation and label sanitising (spec §5.2, §6 items 2, 5, 6), and the fixed
+//! list of node-local self-metric names that pushes must agree with.
+
+use crate::pb::MetricType;
+
+/// A family name the node itself exposes. Its metrics are node-local (not replicated), so
+/// the consistency check compares pushes against this fixed table, never against live
+/// values: every replica reaches the same decision.
+#[derive(Clone, Copy, Debug)]
+pub struct ReservedFamily {
+    /// Family name.
+    pub name: &'static str,
+    /// Its type.
+    pub r#type: MetricType,
+    /// Its HELP.
+    pub help: &'static str,
+    /// Whether the family has series from start-up. The reference replaces the HELP of a
+    /// pushed family of such a name silently; for the others (vectors without children at
+    /// start-up) a different HELP is an error (spec §6 items 7, 8).
+    pub present_at_start: bool,
+}
+
+/// The self-metrics of a pgw node, by name.
+pub const RESERVED: &[ReservedFamily] = &[
+    ReservedFamily {
+        name: "process_cpu_seconds_total",
+        r#type: MetricType::Counter,
+        help: "Total user and system CPU time spent in seconds.",
+        present_at_start: true,
+    },
+    ReservedFamily {
+        name: "process_max_fds",
+        r#type: MetricType::Gauge,
+        help: "Maximum number of open file descriptors.",
+        present_at_start: true,
+    },
+    ReservedFamily {
+        name: "process_open_fds",
+        r#type: MetricType::Gauge,
+        help: "Number of open file descriptors.",
+        present_at_start: true,
+    },
+    ReservedFamily {
+        name: "process_resident_memory_bytes",
+        r#type: MetricType::Gauge,
+        help: "Resident memory size in bytes.",
+        present_at_start: true,
+    },
+    ReservedFamily {
+        name: "process_start_time_seconds",
+        r#type: MetricType::Gauge,
+        help: "Start time of the process since unix epoch in seconds.",
+        present_at_start: true,
+    },
+    ReservedFamily {
+        name: "process_virtual_memory_bytes",
+        r#type: MetricType::Gauge,
+        help: "Virtual memory size in bytes.",
+        present_at_start: true,
+    },
+    ReservedFamily {
+        name: "process_virtual_memory_max_bytes",
+        r#type: MetricType::Gauge,
+        help: "Maximum amount of virtual memory available in bytes.",
+        present_at_start: true,
+    },
+    ReservedFamily {
+        name: "pushgateway_build_info",
+        r#type: MetricType::Gauge,
+        help: "A metric with a constant '1' value labeled by version, revision, branch, goversion from which pushgateway was built, and the goos and goarch for the build.",
+        present_at_start: true,
+    },
+    ReservedFamily {
+        name: "pushgateway_http_push_duration_seconds",
+        r#type: MetricType::Summary,
+        help: "HTTP request duration for pushes to the Pushgateway.",
+        present_at_start: false,
+    },
+    ReservedFamily {
+        name: "pushgateway_http_push_size_bytes",
+        r#type: MetricType::Summary,
+        help: "HTTP request size for pushes to the Pushgateway.",
+        present_at_start: false,
+    },
+    ReservedFamily {
+        name: "pushgateway_http_requests_total",
+        r#type: MetricType::Counter,
+        help: "Total HTTP requests processed by the Pushgateway, excluding scrapes.",
+        present_at_start: false,
+    },
+];
+
+/// Looks a name up in [`RESERVED`].
+pub fn reserved(name: &str) -> Option<&'static ReservedFamily> {
+    RESERVED
+        .binary_search_by(|r| r.name.cmp(name))
+        .ok()
+        .map(|i| &RESERVED[i])
+}
+
+use crate::key::GroupingKey;
+use crate::pb::{LabelPair, Metric, MetricFamily};
+
+/// Whether `name` is a legal metric name: `[a-zA-Z_:][a-zA-Z0-9_:]*`.
+pub fn is_metric_name(name: &str) -> bool {
+    let mut bytes = name.bytes();
+    match bytes.next() {
+        Some(b) if b.is_ascii_alphabetic() || b == b'_' || b == b':' => {}
+        _ => return false,
+    }
+    bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b':')
+}
+
+/// Whether `name` is a legal label name: `[a-zA-Z_][a-zA-Z0-9_]*`.
+pub fn is_label_name(name: &str) -> bool {
+    let mut bytes = name.bytes();
+    match bytes.next() {
+        Some(b) if b.is_ascii_alphabetic() || b == b'_' => {}
+        _ => return false,
+    }
+    bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_')
+}
+
+/// The reference's name for a metric type (`COUNTER`, `GAUGE`, ...).
+pub fn type_name(t: MetricType) -> &'static str {
+    t.as_str_name()
+}
+
+/// Sets every grouping label of every sample to the key's value (adding it when absent),
+/// adds `instance=""` when the sample has no `instance`, and sorts label pairs by name
+/// (stable, so duplicates stay adjacent for the check), as the reference's
+/// `sanitizeLabels` does.
+pub fn sanitize(family: &mut MetricFamily, key: &GroupingKey) {
+    for m in &mut family.metric {
+        for (name, value) in key.pairs() {
+            let mut found = false;
+            for lp in m.label.iter_mut().filter(|lp| lp.name() == name) {
+                lp.value = Some(value.clone());
+                found = true;
+            }
+            if !found {
+                m.label.push(LabelPair {
+                    name: Some(name.clone()),
+                    value: Some(value.clone()),
+                });
+            }
+        }
+        if !m.label.iter().any(|lp| lp.name() == "instance") {
+            m.label.push(LabelPair {
+                name: Some("instance".into()),
+                value: Some(String::new()),
+            });
+        }
+        m.label.sort_by(|a, b| a.name().cmp(b.name()));
+    }
+}
+
+/// Formats a sample for error messages: `{a="1",b="2"}`.
+pub fn fmt_labels(labels: &[LabelPair]) -> String {
+    let mut out = String::from("{");
+    for (i, lp) in labels.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(lp.name());
+        out.push_str("=");
+        out.push_str(&format!("{:?}", lp.value()));
+    }
+    out.push('}');
+    out
+}
+
+/// FNV-1a 64 of a sanitised label set, the identity of a series within a family (the
+/// reference hashes the same way, with the same 0xFF separators). Deterministic on every
+/// replica.
+pub fn series_hash(labels: &[LabelPair]) -> u64 {
+    const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+    let mut h = OFFSET;
+    let mut add = |bytes: &[u8]| {
+        for &b in bytes {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(PRIME);
+        }
+    };
+    for lp in labels {
+        add(lp.name().as_bytes());
+        add(&[0xff]);
+        add(lp.value().as_bytes());
+        add(&[0xff]);
+    }
+    h
+}
+
+/// The family's type, or an error for values the text format cannot express.
+pub fn known_type(family: &MetricFamily) -> Result<MetricType, String> {
+    match family.r#type {
+        None => Ok(MetricType::Counter),
+        Some(t) => match MetricType::try_from(t) {
+            Ok(MetricType::GaugeHistogram) | Err(_) => Err(format!(
+                "metric family {:?} has an unsupported type {}",
+                family.name(),
+                t
+            )),
+            Ok(t) => Ok(t),
+        },
+    }
+}
+
+fn has_value_of(m: &Metric, t: MetricType) -> bool {
+    match t {
+        MetricType::Counter => m.counter.is_some(),
+        MetricType::Gauge => m.gauge.is_some(),
+        MetricType::Summary => m.summary.is_some(),
+        MetricType::Untyped => m.untyped.is_some(),
+        MetricType::Histogram => m.histogram.is_some(),
+        MetricType::GaugeHistogram => false,
+    }
+}
+
+/// Checks one sanitised family on its own, as the reference's gather does for every sample
+/// (spec §6 items 2, 5, 6) plus the metric-name check the reference skips for protobuf
+/// (quirk Q6): a legal name, a known type, each sample's value matching the type, legal and
+/// unique label names, no explicit `quantile` (summaries) or `le` (histograms) label, and no
+/// duplicate series within the family.
+pub fn check_family(family: &MetricFamily) -> Result<MetricType, String> {
+    let name = family.name();
+    if !is_metric_name(name) {
+        return Err(format!("metric name {name:?} is not valid"));
+    }
+    let t = known_type(family)?;
+    let mut seen = std::collections::HashSet::with_capacity(family.metric.len());
+    for m in &family.metric {
+        if !has_value_of(m, t) {
+            return Err(format!(
+                "collected metric {name:?} {} is not a {}",
+                fmt_labels(&m.label),
+                type_name(t)
+            ));
+        }
+        let mut previous: Option<&str> = None;
+        for lp in &m.label {
+            let ln = lp.name();
+            if previous == Some(ln) {
+                return Err(format!(
+                    "collected metric {name:?} {} has two or more labels with the same name: {ln}",
+                    fmt_labels(&m.label)
+                ));
+            }
+            if !is_label_name(ln) || ln.starts_with("__") {
+                return Err(format!(
+                    "collected metric {name:?} {} has a label with an invalid name: {ln}",
+                    fmt_labels(&m.label)
+                ));
+            }
+            if (t == MetricType::Summary && ln == "quantile")
+                || (t == MetricType::Histogram && ln == "le")
+            {
+                return Err(format!(
+                    "collected metric {name:?} {} must not have an explicit {ln:?} label",
+                    fmt_labels(&m.label)
+                ));
+            }
+            previous = Some(ln);
+        }
+        if !seen.insert(series_hash(&m.label)) {
+            return Err(duplicate_message(name, &m.label));
+        }
+    }
+    Ok(t)
+}
+
+/// The reference's message for a duplicate series.
+pub fn duplicate_message(name: &str, labels: &[LabelPair]) -> String {
+    format!(
+        "collected metric {name:?} {} was collected before with the same name and label values",
+        fmt_labels(labels)
+    )
+}
+
+/// Checks a pushed family against the node's own metric of the same name, if any (spec §6
+/// items 1, 7, 8). May replace the family's HELP with the reserved one, as the reference does.
+pub fn check_reserved(family: &mut MetricFamily, t: MetricType) -> Result<(), String> {
+    let Some(r) = reserved(family.name()) else {
+        return Ok(());
+    };
+    if t != r.r#type {
+        return Err(format!(
+            "gathered metric family {} has type {} but should have {}",
+            r.name,
+            type_name(t),
+            type_name(r.r#type)
+        ));
+    }
+    if r.present_at_start {
+        family.help = Some(r.help.to_string());
+    } else if family.help() != r.help {
+        return Err(format!(
+            "gathered metric family {} has help {:?} but should have {:?}",
+            r.name,
+            family.help(),
+            r.help
+        ));
+    }
+    Ok(())
+}
+
+/// The family names a histogram or summary named `name` collides with, and the reverse
+/// (spec §6 item 4): `Some((base, suffix))` when `name` ends in `_count`, `_sum` or `_bucket`.
+pub fn split_suffix(name: &str) -> Option<(&str, &'static str)> {
+    for suffix in ["_count", "_sum", "_bucket"] {
+        if let Some(base) = name.strip_suffix(suffix) {
+            return Some((base, suffix));
+        }
+    }
+    None
+}

@@ -1,0 +1,677 @@
+//! Unit tests of apply, the consistency check and persistence records.
+
+use super::*;
+use crate::pb::{Counter, Histogram, Summary, Untyped};
+
+fn key(pairs: &[(&str, &str)]) -> GroupingKey {
+    GroupingKey::from_pairs(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())))
+}
+
+fn lp(n: &str, v: &str) -> LabelPair {
+    LabelPair {
+        name: Some(n.into()),
+        value: Some(v.into()),
+    }
+}
+
+fn family(name: &str, t: MetricType, samples: &[(&[(&str, &str)], f64)]) -> MetricFamily {
+    MetricFamily {
+        name: Some(name.into()),
+        help: None,
+        r#type: Some(t as i32),
+        metric: samples
+            .iter()
+            .map(|(labels, v)| {
+                let mut m = Metric {
+                    label: labels.iter().map(|(n, v)| lp(n, v)).collect(),
+                    ..Default::default()
+                };
+                match t {
+                    MetricType::Counter => {
+                        m.counter = Some(Counter {
+                            value: Some(*v),
+                            ..Default::default()
+                        })
+                    }
+                    MetricType::Gauge => m.gauge = Some(Gauge { value: Some(*v) }),
+                    MetricType::Untyped => m.untyped = Some(Untyped { value: Some(*v) }),
+                    MetricType::Summary => {
+                        m.summary = Some(Summary {
+                            sample_count: Some(1),
+                            sample_sum: Some(*v),
+                            ..Default::default()
+                        })
+                    }
+                    MetricType::Histogram => {
+                        m.histogram = Some(Histogram {
+                            sample_count: Some(1),
+                            sample_sum: Some(*v),
+                            ..Default::default()
+                        })
+                    }
+                    MetricType::GaugeHistogram => {}
+                }
+                m
+            })
+            .collect(),
+        unit: None,
+    }
+}
+
+fn gauge(name: &str, v: f64) -> MetricFamily {
+    family(name, MetricType::Gauge, &[(&[], v)])
+}
+
+fn push(k: &GroupingKey, replace: bool, t: i64, fams: &[MetricFamily]) -> Command {
+    Command::Push(Push::new(k.clone(), replace, t, true, fams))
+}
+
+fn value(store: &GroupStore, k: &GroupingKey, name: &str) -> Option<Vec<f64>> {
+    let f = &store.get(k)?.families.get(name)?.family;
+    Some(
+        f.metric
+            .iter()
+            .map(|m| {
+                m.gauge
+                    .as_ref()
+                    .and_then(|g| g.value)
+                    .or(m.counter.as_ref().and_then(|c| c.value))
+                    .or(m.untyped.as_ref().and_then(|u| u.value))
+                    .unwrap_or(f64::NAN)
+            })
+            .collect(),
+    )
+}
+
+fn rejected(r: &CommandResponse) -> &str {
+    match r {
+        CommandResponse::Rejected(m) => m,
+        CommandResponse::Applied => panic!("expected a rejection, got Applied"),
+    }
+}
+
+const T1: i64 = 1_700_000_000_000_000_000;
+
+#[test]
+fn put_creates_group_with_synthetic_families_and_sanitised_labels() {
+    let mut s = GroupStore::new();
+    let k = key(&[("job", "j"), ("a", "1")]);
+    let f = family(
+        "m",
+        MetricType::Gauge,
+        &[(&[("a", "body"), ("x", "y")], 1.0)],
+    );
+    let (r, e) = s.apply(&push(&k, true, T1, &[f]));
+    assert_eq!(r, CommandResponse::Applied);
+    assert_eq!(
+        e,
+        Effect::Group {
+            key: k.clone(),
+            families: vec!["m".into(), PUSH_FAILURE_TIME.into(), PUSH_TIME.into()]
+        }
+    );
+    let g = s.get(&k).unwrap();
+    let labels: Vec<(String, String)> = g.families["m"].family.metric[0]
+        .label
+        .iter()
+        .map(|l| (l.name().to_string(), l.value().to_string()))
+        .collect();
+    let want = [("a", "1"), ("instance", ""), ("job", "j"), ("x", "y")];
+    assert_eq!(labels, want.map(|(a, b)| (a.to_string(), b.to_string())));
+    assert_eq!(g.push_time_ns(), T1);
+    assert_eq!(g.push_failure_time_ns(), 0);
+    assert!(g.last_push_successful());
+    assert_eq!(value(&s, &k, PUSH_TIME), Some(vec![T1 as f64 / 1e9]));
+    assert_eq!(value(&s, &k, PUSH_FAILURE_TIME), Some(vec![0.0]));
+}
+
+#[test]
+fn body_instance_is_kept_unless_the_key_has_one() {
+    let mut s = GroupStore::new();
+    let k = key(&[("job", "j")]);
+    let f = family("m", MetricType::Gauge, &[(&[("instance", "y")], 1.0)]);
+    s.apply(&push(&k, true, T1, &[f]));
+    let m = &s.get(&k).unwrap().families["m"].family.metric[0];
+    assert_eq!(m.label[0].value(), "y");
+    // The synthetic series get instance="".
+    let p = &s.get(&k).unwrap().families[PUSH_TIME].family.metric[0];
+    assert_eq!(validate::fmt_labels(&p.label), r#"{instance="",job="j"}"#);
+}
+
+#[test]
+fn post_replaces_whole_families_by_name_put_replaces_the_group() {
+    let mut s = GroupStore::new();
+    let k = key(&[("job", "j")]);
+    let two = family(
+        "a",
+        MetricType::Gauge,
+        &[(&[("x", "1")], 1.0), (&[("x", "2")], 2.0)],
+    );
+    s.apply(&push(&k, true, T1, &[two, gauge("b", 5.0)]));
+    let one = family("a", MetricType::Gauge, &[(&[("x", "3")], 3.0)]);
+    assert_eq!(
+        s.apply(&push(&k, false, T1 + 1, &[one])).0,
+        CommandResponse::Applied
+    );
+    assert_eq!(
+        value(&s, &k, "a"),
+        Some(vec![3.0]),
+        "POST replaces all series of the family"
+    );
+    assert_eq!(
+        value(&s, &k, "b"),
+        Some(vec![5.0]),
+        "POST keeps other families"
+    );
+    assert_eq!(
+        s.apply(&push(&k, true, T1 + 2, &[gauge("c", 1.0)])).0,
+        CommandResponse::Applied
+    );
+    assert_eq!(value(&s, &k, "a"), None);
+    assert_eq!(value(&s, &k, "b"), None);
+    assert_eq!(value(&s, &k, "c"), Some(vec![1.0]));
+    // PUT with an empty body empties the group but keeps it.
+    s.apply(&push(&k, true, T1 + 3, &[]));
+    let names: Vec<&String> = s.get(&k).unwrap().families.keys().collect();
+    assert_eq!(names, [PUSH_FAILURE_TIME, PUSH_TIME]);
+    assert_eq!(s.get(&k).unwrap().push_time_ns(), T1 + 3);
+}
+
+#[test]
+fn delete_and_wipe() {
+    let mut s = GroupStore::new();
+    let k1 = key(&[("job", "a")]);
+    let k2 = key(&[("job", "a"), ("instance", "i")]);
+    s.apply(&push(&k1, true, T1, &[gauge("m", 1.0)]));
+    s.apply(&push(&k2, true, T1, &[gauge("m", 1.0)]));
+    assert_eq!(
+        s.apply(&Command::Delete { key: k1.clone() }),
+        (CommandResponse::Applied, Effect::GroupRemoved(k1.clone()))
+    );
+    assert!(s.get(&k1).is_none());
+    assert!(s.get(&k2).is_some(), "delete is an exact-key match");
+    assert_eq!(
+        s.apply(&Command::Delete { key: k1.clone() }),
+        (CommandResponse::Applied, Effect::None)
+    );
+    // The deleted group's series are gone from the index: pushing them again is fine.
+    assert_eq!(
+        s.apply(&push(&k1, true, T1, &[gauge("m", 2.0)])).0,
+        CommandResponse::Applied
+    );
+    assert_eq!(
+        s.apply(&Command::Wipe),
+        (CommandResponse::Applied, Effect::Wiped)
+    );
+    assert!(s.is_empty());
+    assert_eq!(s.family_names().count(), 0);
+    assert_eq!(s.series_count(), 0);
+}
+
+#[test]
+fn timestamps_are_rejected_and_recorded_as_failure() {
+    let mut s = GroupStore::new();
+    let k = key(&[("job", "j")]);
+    s.apply(&push(&k, true, T1, &[gauge("m", 1.0)]));
+    let mut f = gauge("m", 2.0);
+    f.metric[0].timestamp_ms = Some(5);
+    let (r, e) = s.apply(&push(&k, true, T1 + 10, &[f]));
+    assert_eq!(
+        rejected(&r),
+        format!("{REJECT_PREFIX}pushed metrics must not have timestamps")
+    );
+    assert_eq!(
+        e,
+        Effect::Group {
+            key: k.clone(),
+            families: vec![PUSH_FAILURE_TIME.into()]
+        }
+    );
+    assert_eq!(
+        value(&s, &k, "m"),
+        Some(vec![1.0]),
+        "a failed PUT does not empty the group"
+    );
+    let g = s.get(&k).unwrap();
+    assert_eq!(g.push_failure_time_ns(), T1 + 10);
+    assert_eq!(g.push_time_ns(), T1);
+    assert!(!g.last_push_successful());
+    // A later success keeps the failure time.
+    s.apply(&push(&k, false, T1 + 20, &[gauge("m", 3.0)]));
+    assert_eq!(s.get(&k).unwrap().push_failure_time_ns(), T1 + 10);
+}
+
+#[test]
+fn failed_push_to_a_new_group_creates_it_with_push_time_zero() {
+    let mut s = GroupStore::new();
+    let k = key(&[("job", "j")]);
+    let mut f = gauge("m", 2.0);
+    f.metric[0].timestamp_ms = Some(5);
+    let (r, _) = s.apply(&push(&k, true, T1, &[f]));
+    rejected(&r);
+    let g = s.get(&k).expect("the failure marker group exists");
+    assert_eq!(g.push_time_ns(), 0);
+    assert_eq!(g.push_failure_time_ns(), T1);
+    assert_eq!(g.families.len(), 2);
+}
+
+#[test]
+fn duplicate_series_across_groups_are_rejected_and_q2_does_not_poison() {
+    let mut s = GroupStore::new();
+    let k1 = key(&[("job", "x")]);
+    let k2 = key(&[("job", "x"), ("instance", "")]);
+    assert_eq!(
+        s.apply(&push(&k1, true, T1, &[gauge("m", 1.0)])).0,
+        CommandResponse::Applied
+    );
+    let (r, e) = s.apply(&push(&k2, true, T1 + 1, &[gauge("m", 1.0)]));
+    assert!(
+        rejected(&r).contains("was collected before with the same name and label values"),
+        "{r:?}"
+    );
+    // Q2 fixed: the colliding failure-marker group is not created.
+    assert_eq!(e, Effect::None);
+    assert!(s.get(&k2).is_none());
+    assert!(s.inconsistencies().is_empty());
+    // Later pushes still work.
+    assert_eq!(
+        s.apply(&push(&k1, true, T1 + 2, &[gauge("m", 2.0)])).0,
+        CommandResponse::Applied
+    );
+}
+
+#[test]
+fn empty_label_group_does_not_collide() {
+    let mut s = GroupStore::new();
+    let k1 = key(&[("job", "x")]);
+    let k2 = key(&[("job", "x"), ("a", "")]);
+    assert_eq!(
+        s.apply(&push(&k1, true, T1, &[gauge("m", 1.0)])).0,
+        CommandResponse::Applied
+    );
+    assert_eq!(
+        s.apply(&push(&k2, true, T1, &[gauge("m", 1.0)])).0,
+        CommandResponse::Applied
+    );
+}
+
+#[test]
+fn duplicate_within_a_push_and_own_replacement() {
+    let mut s = GroupStore::new();
+    let k = key(&[("job", "x")]);
+    let dup = family(
+        "m",
+        MetricType::Gauge,
+        &[(&[("a", "1")], 1.0), (&[("a", "1")], 2.0)],
+    );
+    rejected(&s.apply(&push(&k, true, T1, &[dup])).0);
+    // Re-pushing the same series into the same group replaces it: no collision with itself.
+    let f = family("m", MetricType::Gauge, &[(&[("a", "1")], 1.0)]);
+    assert_eq!(
+        s.apply(&push(&k, true, T1, &[f.clone()])).0,
+        CommandResponse::Applied
+    );
+    assert_eq!(
+        s.apply(&push(&k, false, T1, &[f.clone()])).0,
+        CommandResponse::Applied
+    );
+    assert_eq!(
+        s.apply(&push(&k, true, T1, &[f])).0,
+        CommandResponse::Applied
+    );
+}
+
+#[test]
+fn type_conflicts_across_groups() {
+    let mut s = GroupStore::new();
+    let k1 = key(&[("job", "a")]);
+    let k2 = key(&[("job", "b")]);
+    s.apply(&push(
+        &k1,
+        true,
+        T1,
+        &[family("m", MetricType::Counter, &[(&[], 1.0)])],
+    ));
+    let r = s.apply(&push(&k2, true, T1, &[gauge("m", 1.0)])).0;
+    assert!(rejected(&r).contains("is not a COUNTER"), "{r:?}");
+    // The same group may change the type of its own family.
+    assert_eq!(
+        s.apply(&push(&k1, true, T1, &[gauge("m", 1.0)])).0,
+        CommandResponse::Applied
+    );
+    assert_eq!(
+        s.apply(&push(&k2, true, T1, &[gauge("m", 1.0)])).0,
+        CommandResponse::Applied
+    );
+}
+
+#[test]
+fn suffix_collisions() {
+    let mut s = GroupStore::new();
+    let k1 = key(&[("job", "a")]);
+    let k2 = key(&[("job", "b")]);
+    s.apply(&push(
+        &k1,
+        true,
+        T1,
+        &[family("s", MetricType::Summary, &[(&[], 1.0)])],
+    ));
+    assert!(
+        rejected(&s.apply(&push(&k2, true, T1, &[gauge("s_count", 1.0)])).0).contains("collides")
+    );
+    assert!(
+        rejected(&s.apply(&push(&k2, true, T1, &[gauge("s_sum", 1.0)])).0).contains("collides")
+    );
+    assert_eq!(
+        s.apply(&push(&k2, true, T1, &[gauge("s_bucket", 1.0)])).0,
+        CommandResponse::Applied,
+        "_bucket next to a summary is allowed"
+    );
+    s.apply(&push(
+        &k1,
+        true,
+        T1,
+        &[family("h", MetricType::Histogram, &[(&[], 1.0)])],
+    ));
+    assert!(
+        rejected(&s.apply(&push(&k2, true, T1, &[gauge("h_bucket", 1.0)])).0).contains("collides")
+    );
+    // And the reverse: a histogram next to an existing x_count.
+    s.apply(&push(&k2, true, T1, &[gauge("x_count", 1.0)]));
+    let r = s
+        .apply(&push(
+            &k1,
+            false,
+            T1,
+            &[family("x", MetricType::Histogram, &[(&[], 1.0)])],
+        ))
+        .0;
+    assert!(rejected(&r).contains("collides"), "{r:?}");
+    // Within one push.
+    let k3 = key(&[("job", "c")]);
+    let both = [
+        family("y", MetricType::Summary, &[(&[], 1.0)]),
+        gauge("y_sum", 1.0),
+    ];
+    assert!(rejected(&s.apply(&push(&k3, true, T1, &both)).0).contains("collides"));
+    // PUT of the same group drops its old families first: no collision with itself.
+    s.apply(&push(&k3, true, T1, &[gauge("z_count", 1.0)]));
+    let z = family("z", MetricType::Summary, &[(&[], 1.0)]);
+    assert_eq!(
+        s.apply(&push(&k3, true, T1, &[z.clone()])).0,
+        CommandResponse::Applied
+    );
+}
+
+#[test]
+fn label_and_name_validation() {
+    let mut s = GroupStore::new();
+    let k = key(&[("job", "j")]);
+    for (f, want) in [
+        (
+            family("m", MetricType::Gauge, &[(&[("__x", "1")], 1.0)]),
+            "invalid name",
+        ),
+        (
+            family("m", MetricType::Gauge, &[(&[("a-b", "1")], 1.0)]),
+            "invalid name",
+        ),
+        (
+            family("m", MetricType::Gauge, &[(&[("a", "1"), ("a", "2")], 1.0)]),
+            "same name",
+        ),
+        (
+            family("m", MetricType::Summary, &[(&[("quantile", "1")], 1.0)]),
+            "quantile",
+        ),
+        (
+            family("pb-bad", MetricType::Gauge, &[(&[], 1.0)]),
+            "not valid",
+        ),
+    ] {
+        let r = s.apply(&push(&k, true, T1, &[f])).0;
+        assert!(rejected(&r).contains(want), "{r:?} should contain {want}");
+    }
+    let mut wrong_value = gauge("m", 1.0);
+    wrong_value.r#type = Some(MetricType::Counter as i32);
+    assert!(rejected(&s.apply(&push(&k, true, T1, &[wrong_value])).0).contains("is not a COUNTER"));
+}
+
+#[test]
+fn reserved_self_metric_names() {
+    let mut s = GroupStore::new();
+    let k = key(&[("job", "j")]);
+    let r = s
+        .apply(&push(
+            &k,
+            true,
+            T1,
+            &[family(
+                "pushgateway_http_requests_total",
+                MetricType::Counter,
+                &[(&[], 1.0)],
+            )],
+        ))
+        .0;
+    assert!(
+        rejected(&r).contains("has help \"\" but should have"),
+        "{r:?}"
+    );
+    let r = s
+        .apply(&push(
+            &k,
+            true,
+            T1,
+            &[gauge("process_cpu_seconds_total", 1.0)],
+        ))
+        .0;
+    assert!(
+        rejected(&r).contains("has type GAUGE but should have COUNTER"),
+        "{r:?}"
+    );
+    let f = family(
+        "process_cpu_seconds_total",
+        MetricType::Counter,
+        &[(&[], 1.0)],
+    );
+    assert_eq!(
+        s.apply(&push(&k, true, T1, &[f])).0,
+        CommandResponse::Applied
+    );
+    let stored = &s.get(&k).unwrap().families["process_cpu_seconds_total"].family;
+    assert_eq!(
+        stored.help(),
+        "Total user and system CPU time spent in seconds."
+    );
+}
+
+#[test]
+fn pushed_synthetic_names_are_overwritten() {
+    let mut s = GroupStore::new();
+    let k = key(&[("job", "j")]);
+    s.apply(&push(&k, true, T1, &[gauge(PUSH_TIME, 42.0)]));
+    assert_eq!(value(&s, &k, PUSH_TIME), Some(vec![T1 as f64 / 1e9]));
+}
+
+#[test]
+fn push_time_never_goes_backwards() {
+    let mut s = GroupStore::new();
+    let k = key(&[("job", "j")]);
+    s.apply(&push(&k, true, T1 + 100, &[]));
+    s.apply(&push(&k, true, T1, &[]));
+    assert_eq!(s.get(&k).unwrap().push_time_ns(), T1 + 100);
+    assert_eq!(s.clock_ns(), T1 + 100);
+}
+
+#[test]
+fn unchecked_pushes_can_make_the_store_inconsistent_and_delete_heals() {
+    let mut s = GroupStore::new();
+    let k1 = key(&[("job", "a")]);
+    let k2 = key(&[("job", "b")]);
+    let unchecked = |k: &GroupingKey, f: MetricFamily| {
+        Command::Push(Push::new(k.clone(), true, T1, false, &[f]))
+    };
+    assert_eq!(
+        s.apply(&unchecked(
+            &k1,
+            family("m", MetricType::Counter, &[(&[], 1.0)])
+        ))
+        .0,
+        CommandResponse::Applied
+    );
+    assert!(s.inconsistencies().is_empty());
+    assert_eq!(
+        s.apply(&unchecked(&k2, gauge("m", 1.0))).0,
+        CommandResponse::Applied
+    );
+    let errs = s.inconsistencies();
+    assert!(errs.iter().any(|e| e.contains("is not a")), "{errs:?}");
+    s.apply(&Command::Delete { key: k2 });
+    assert!(s.inconsistencies().is_empty());
+}
+
+#[test]
+fn invalid_payload_records_a_failure() {
+    let mut s = GroupStore::new();
+    let k = key(&[("job", "j")]);
+    let cmd = Command::Push(Push {
+        key: k.clone(),
+        replace: true,
+        time_ns: T1,
+        check: true,
+        payload: Payload::Invalid("bad utf8".into()),
+    });
+    assert_eq!(
+        rejected(&s.apply(&cmd).0),
+        format!("{REJECT_PREFIX}bad utf8")
+    );
+    assert_eq!(s.get(&k).unwrap().push_failure_time_ns(), T1);
+}
+
+fn scripted() -> Vec<Command> {
+    let mut cmds = Vec::new();
+    for i in 0..40i64 {
+        let k = key(&[
+            ("job", &format!("j{}", i % 7)),
+            ("i", &format!("{}", i % 3)),
+        ]);
+        let f = family(
+            &format!("m{}", i % 5),
+            MetricType::Gauge,
+            &[(&[("s", &format!("{}", i % 4))], i as f64)],
+        );
+        cmds.push(push(&k, i % 2 == 0, T1 + i, &[f]));
+        if i % 11 == 0 {
+            cmds.push(Command::Delete {
+                key: key(&[("job", "j1"), ("i", "1")]),
+            });
+        }
+        if i % 13 == 0 {
+            let c = family("m1", MetricType::Counter, &[(&[], 1.0)]);
+            cmds.push(push(&k, false, T1 + i, &[c]));
+        }
+    }
+    cmds
+}
+
+#[test]
+fn apply_is_deterministic() {
+    let run = || {
+        let mut s = GroupStore::new();
+        let responses: Vec<CommandResponse> = scripted().iter().map(|c| s.apply(c).0).collect();
+        (responses, s.encode_snapshot())
+    };
+    let (r1, b1) = run();
+    let (r2, b2) = run();
+    assert_eq!(r1, r2);
+    assert_eq!(b1, b2);
+    assert!(
+        r1.iter().any(|r| matches!(r, CommandResponse::Rejected(_))),
+        "the script exercises rejections"
+    );
+}
+
+#[test]
+fn commands_round_trip_through_their_encoding() {
+    for c in scripted() {
+        assert_eq!(Command::decode(&c.encode()).unwrap(), c);
+    }
+    assert!(Command::decode(&[]).is_err());
+    assert!(Command::decode(&[99, 1, 2]).is_err());
+    assert!(Command::decode(&[COMMAND_FORMAT_FOR_TEST, 200, 200, 200]).is_err());
+}
+
+const COMMAND_FORMAT_FOR_TEST: u8 = crate::command::COMMAND_FORMAT;
+
+#[test]
+fn snapshot_and_restore_reproduce_the_store() {
+    let mut s = GroupStore::new();
+    for c in scripted() {
+        s.apply(&c);
+    }
+    let bytes = s.encode_snapshot();
+    let back = GroupStore::decode_snapshot(&bytes).unwrap();
+    assert_eq!(back.encode_snapshot(), bytes);
+    assert_eq!(back.series_count(), s.series_count());
+    assert_eq!(back.clock_ns(), s.clock_ns());
+    // Records restore the same store in any order.
+    let mut records = Vec::new();
+    for (k, g) in s.groups() {
+        for (n, sf) in &g.families {
+            records.push((k.clone(), n.clone(), sf.clone()));
+        }
+    }
+    records.reverse();
+    let restored = GroupStore::restore(s.clock_ns(), records);
+    assert_eq!(restored.encode_snapshot(), bytes);
+    // Continuing on the restored store gives the same result as on the original.
+    let next = push(
+        &key(&[("job", "j0"), ("i", "0")]),
+        true,
+        T1 + 1000,
+        &[gauge("m1", 1.0)],
+    );
+    let mut a = s.clone();
+    let mut b = restored;
+    assert_eq!(a.apply(&next), b.apply(&next));
+    // Corrupt snapshots are errors, not panics.
+    for cut in [0, 1, 5, 10, bytes.len() / 2, bytes.len() - 1] {
+        assert!(
+            GroupStore::decode_snapshot(&bytes[..cut]).is_err(),
+            "cut at {cut}"
+        );
+    }
+}
+
+#[test]
+fn family_records_round_trip() {
+    let sf = StoredFamily {
+        time_ns: T1,
+        family: gauge("m", 1.5),
+    };
+    assert_eq!(decode_family(&encode_family(&sf)).unwrap(), sf);
+    assert!(decode_family(&[]).is_err());
+    assert!(decode_family(&[RECORD_FORMAT, 1, 2]).is_err());
+    let k = key(&[("job", "j"), ("a", "")]);
+    let mut enc = k.encode();
+    enc.extend_from_slice(b"rest");
+    let (back, rest) = GroupingKey::decode_prefix(&enc).unwrap();
+    assert_eq!((back, rest), (k, &b"rest"[..]));
+}
+
+#[test]
+fn check_cost_does_not_depend_on_store_size_for_holders() {
+    // Indirect check of incrementality: index holders track exactly the groups with a family.
+    let mut s = GroupStore::new();
+    for i in 0..50 {
+        let k = key(&[("job", &format!("j{i}"))]);
+        s.apply(&push(&k, true, T1, &[gauge("m", 1.0)]));
+    }
+    assert_eq!(s.holders("m").count(), 50);
+    assert_eq!(s.series_count(), 150);
+    s.apply(&Command::Delete {
+        key: key(&[("job", "j3")]),
+    });
+    assert_eq!(s.holders("m").count(), 49);
+    assert_eq!(s.series_count(), 147);
+}
