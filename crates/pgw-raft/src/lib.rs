@@ -1,18 +1,42 @@
 //! The pgw Raft node.
 //!
-//! Owns: starting openraft on the sled store, bootstrap (a single-node cluster initialised
-//! on first start; static and dynamic clusters later), the write path ([`Node::write`]:
-//! propose a command, wait until it is committed and applied here), local reads of the
-//! applied state ([`Node::read`]), readiness and shutdown.
+//! Owns: starting openraft on the sled store ([`Node::start`]); bootstrap (a single-node
+//! cluster initialised on first start, a static cluster from `--cluster.peers` initialised
+//! exactly once, or joining a running cluster); the internal gRPC server and the Raft network
+//! over tonic ([`grpc`], [`network`]); the write path ([`Node::write`]: propose a command,
+//! forward it to the leader when this node does not lead, wait until it is committed and
+//! applied here); local reads of the applied state ([`Node::read`]); readiness and shutdown.
 //!
 //! Does not own: HTTP (pgw-server), the data model (pgw-core), storage internals (pgw-store).
+//!
+//! The gRPC port carries Raft traffic, forwarded writes and membership changes without
+//! authentication: it is for trusted peers only.
 
 #![allow(clippy::result_large_err)]
 
-use std::path::PathBuf;
-use std::time::Duration;
+pub mod codec;
+pub mod grpc;
+pub mod network;
 
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::{Config, Raft, RaftMetrics, ServerState, SnapshotPolicy};
 use pgw_core::{Command, CommandResponse, GroupStore};
+use pgw_proto::v1::admin_service_client::AdminServiceClient;
+use pgw_proto::v1::admin_service_server::AdminServiceServer;
+use pgw_proto::v1::raft_service_server::RaftServiceServer;
+use pgw_proto::v1::{AddLearnerRequest, ForwardWriteRequest, Member, StatusRequest};
+use pgw_store::{NodeId, SharedStore, TypeConfig};
+use tokio::sync::watch;
+
+pub use network::Channels;
+
+/// The openraft instance of a pgw node.
+pub type PgwRaft = Raft<TypeConfig>;
 
 /// Why a write could not be answered with the command's outcome.
 #[derive(Debug, thiserror::Error)]
@@ -29,15 +53,63 @@ pub enum WriteError {
     Fatal(String),
 }
 
+/// How the node finds its cluster.
+#[derive(Clone, Debug, Default)]
+pub enum Bootstrap {
+    /// No cluster flags: a single-node cluster, initialised on the first start.
+    #[default]
+    Single,
+    /// `--cluster.peers`: a fixed set of voters (id → gRPC address), this node among them.
+    /// The member with the lowest id initialises the cluster, exactly once, when a majority
+    /// is reachable and none of them is initialised yet.
+    Static(BTreeMap<NodeId, String>),
+    /// `--cluster.join`: ask a member of a running cluster to add this node (as a learner,
+    /// promoted to voter once caught up).
+    Join(Vec<String>),
+}
+
 /// Node configuration.
 #[derive(Clone, Debug)]
 pub struct NodeConfig {
+    /// This node's id (1 for a single-node cluster).
+    pub id: u64,
+    /// The address other members reach this node's gRPC port at.
+    pub raft_addr: String,
+    /// The address clients reach this node's HTTP API at.
+    pub http_addr: String,
     /// `--storage.path`.
     pub storage_path: PathBuf,
     /// `--cluster.write-timeout`: how long a write may wait for a leader.
     pub write_timeout: Duration,
     /// `--raft.snapshot-every`: build a snapshot after this many applied entries.
     pub snapshot_every: u64,
+    /// How to find the cluster.
+    pub bootstrap: Bootstrap,
+    /// How many applied log entries to keep after a snapshot (so slightly lagging peers catch
+    /// up from the log rather than a whole snapshot).
+    pub keep_logs_after_snapshot: u64,
+    /// Raft heartbeat interval.
+    pub heartbeat: Duration,
+    /// Raft election timeout range (min; max is 2× min).
+    pub election_timeout: Duration,
+}
+
+impl NodeConfig {
+    /// A single-node configuration with the defaults.
+    pub fn single(storage_path: PathBuf) -> Self {
+        NodeConfig {
+            id: 1,
+            raft_addr: String::new(),
+            http_addr: String::new(),
+            storage_path,
+            write_timeout: Duration::from_secs(10),
+            snapshot_every: 10_000,
+            bootstrap: Bootstrap::Single,
+            keep_logs_after_snapshot: 1000,
+            heartbeat: Duration::from_millis(100),
+            election_timeout: Duration::from_millis(500),
+        }
+    }
 }
 
 /// What `/-/ready` and the self-metrics need to know about the node.
@@ -49,47 +121,410 @@ pub struct NodeStatus {
     pub has_leader: bool,
     /// Whether this node leads.
     pub is_leader: bool,
+    /// The known leader's id.
+    pub leader: Option<u64>,
     /// Current term.
     pub term: u64,
     /// Highest log index applied to the local store.
     pub applied_index: u64,
     /// Highest log index known committed.
     pub commit_index: u64,
+    /// Index of the last log entry.
+    pub last_log_index: u64,
+    /// Index of the last snapshot.
+    pub snapshot_index: u64,
+    /// Role: Leader, Follower, Candidate, Learner.
+    pub role: String,
 }
 
-/// A running pgw node (placeholder API; the implementation lands with pgw-store).
+/// State shared by the node and its gRPC services.
+pub(crate) struct NodeShared {
+    pub(crate) id: NodeId,
+    pub(crate) http_addr: String,
+}
+
+impl NodeShared {
+    /// openraft 0.9 publishes no commit index; what this node applied is committed.
+    pub(crate) fn committed_index(&self, m: &RaftMetrics<NodeId, pgw_store::Node>) -> u64 {
+        m.last_applied.map_or(0, |l| l.index)
+    }
+}
+
+/// A running pgw node: openraft over the sled store, the internal gRPC server, and the
+/// shared in-memory view of the applied state that the HTTP layer renders from.
 pub struct Node {
-    _private: (),
+    shared: Arc<NodeShared>,
+    raft: PgwRaft,
+    store: SharedStore,
+    channels: Channels,
+    write_timeout: Duration,
+    grpc_stop: watch::Sender<bool>,
+    grpc_task: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    bootstrap_task: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl Node {
-    /// Opens storage under `config.storage_path`, starts Raft and, on first start of a
-    /// single-node cluster, initialises it.
-    pub async fn start(config: NodeConfig) -> anyhow::Result<Node> {
-        let _ = config;
-        todo!("Node::start")
+    /// Opens storage under `config.storage_path`, starts Raft and the gRPC server (when
+    /// `grpc` is given) and bootstraps as configured. A single-node cluster is initialised on
+    /// its first start and this returns once it leads; a clustered node returns at once and
+    /// finds its cluster in the background (see [`Node::status`]).
+    pub async fn start(config: NodeConfig, grpc: Option<tokio::net::TcpListener>) -> anyhow::Result<Node> {
+        std::fs::create_dir_all(&config.storage_path).map_err(|e| {
+            anyhow::anyhow!("cannot create --storage.path {}: {e}", config.storage_path.display())
+        })?;
+        let (log_store, state_machine) = pgw_store::open(&config.storage_path).map_err(|e| {
+            anyhow::anyhow!("cannot open storage at {}: {e}", config.storage_path.display())
+        })?;
+        let store = state_machine.shared();
+        let election_ms = config.election_timeout.as_millis().max(10) as u64;
+        let raft_config = Config {
+            cluster_name: "pgw".into(),
+            heartbeat_interval: config.heartbeat.as_millis().max(1) as u64,
+            election_timeout_min: election_ms,
+            election_timeout_max: election_ms * 2,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_every.max(1)),
+            max_in_snapshot_log_to_keep: config.keep_logs_after_snapshot,
+            ..Default::default()
+        };
+        let raft_config = Arc::new(raft_config.validate()?);
+        let channels = Channels::default();
+        let raft = Raft::new(
+            config.id,
+            raft_config,
+            network::Network::new(channels.clone()),
+            log_store,
+            state_machine,
+        )
+        .await?;
+        let shared = Arc::new(NodeShared { id: config.id, http_addr: config.http_addr.clone() });
+        let (grpc_stop, stop_rx) = watch::channel(false);
+        let grpc_task = grpc.map(|listener| {
+            let raft_svc = RaftServiceServer::new(grpc::RaftGrpc::new(raft.clone()))
+                .max_decoding_message_size(network::MAX_MESSAGE)
+                .max_encoding_message_size(network::MAX_MESSAGE);
+            let admin_svc = AdminServiceServer::new(grpc::AdminGrpc::new(raft.clone(), shared.clone()));
+            let mut stop = stop_rx.clone();
+            tokio::spawn(async move {
+                let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+                let result = tonic::transport::Server::builder()
+                    .tcp_nodelay(true)
+                    .add_service(raft_svc)
+                    .add_service(admin_svc)
+                    .serve_with_incoming_shutdown(incoming, async move {
+                        let _ = stop.wait_for(|s| *s).await;
+                    })
+                    .await;
+                if let Err(e) = result {
+                    tracing::error!(error = %e, "gRPC server failed");
+                }
+            })
+        });
+        let node = Node {
+            shared,
+            raft,
+            store,
+            channels,
+            write_timeout: config.write_timeout,
+            grpc_stop,
+            grpc_task: std::sync::Mutex::new(grpc_task),
+            bootstrap_task: std::sync::Mutex::new(None),
+        };
+        let me = pgw_store::Node { raft_addr: config.raft_addr.clone(), http_addr: config.http_addr.clone() };
+        match config.bootstrap.clone() {
+            Bootstrap::Single => {
+                if !node.raft.is_initialized().await? {
+                    let members = BTreeMap::from([(config.id, me)]);
+                    initialize(&node.raft, members).await?;
+                    tracing::info!(id = config.id, "initialised a new single-node cluster");
+                }
+                node.raft
+                    .wait(Some(Duration::from_secs(30)))
+                    .metrics(|m| m.current_leader.is_some(), "a leader is elected")
+                    .await
+                    .map_err(|e| anyhow::anyhow!("no leader after start: {e}"))?;
+            }
+            Bootstrap::Static(peers) => {
+                if !node.raft.is_initialized().await? {
+                    let task = tokio::spawn(static_bootstrap(
+                        node.raft.clone(),
+                        node.channels.clone(),
+                        config.id,
+                        me,
+                        peers,
+                    ));
+                    *lock(&node.bootstrap_task) = Some(task);
+                }
+            }
+            Bootstrap::Join(targets) => {
+                if !node.raft.is_initialized().await? {
+                    let member = Member {
+                        id: config.id,
+                        raft_address: config.raft_addr.clone(),
+                        http_address: config.http_addr.clone(),
+                        voter: false,
+                    };
+                    let task = tokio::spawn(join(node.raft.clone(), node.channels.clone(), member, targets));
+                    *lock(&node.bootstrap_task) = Some(task);
+                }
+            }
+        }
+        Ok(node)
     }
 
-    /// Proposes `cmd`, waits until it is committed and applied on this node, and returns
-    /// the outcome `apply` produced.
+    /// Proposes `cmd`, waits until it is committed (durable on a quorum) and applied on this
+    /// node, and returns the outcome `apply` produced. A follower forwards the command to the
+    /// leader and then waits until it has applied the entry itself, so a client that reads
+    /// from this node afterwards sees its write. While no leader is known it retries until
+    /// `--cluster.write-timeout` has passed.
     pub async fn write(&self, cmd: Command) -> Result<CommandResponse, WriteError> {
-        let _ = cmd;
-        todo!("Node::write")
+        let deadline = Instant::now() + self.write_timeout;
+        let mut backoff = Duration::from_millis(10);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(WriteError::Unavailable(self.write_timeout));
+            }
+            match tokio::time::timeout(left, self.raft.client_write(cmd.clone())).await {
+                Err(_) => return Err(WriteError::Unavailable(self.write_timeout)),
+                Ok(Ok(resp)) => return Ok(resp.data),
+                Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
+                    if let (Some(_), Some(leader)) = (f.leader_id, f.leader_node) {
+                        match self.forward(&leader.raft_addr, &cmd, left).await {
+                            Ok(Some((resp, index))) => {
+                                let left = deadline.saturating_duration_since(Instant::now());
+                                self.wait_applied(index, left).await?;
+                                return Ok(resp);
+                            }
+                            Ok(None) => {}
+                            Err(e) => tracing::debug!(error = %e, "forwarding a write failed; retrying"),
+                        }
+                    }
+                }
+                Ok(Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e)))) => {
+                    return Err(WriteError::Fatal(e.to_string()));
+                }
+                Ok(Err(RaftError::Fatal(openraft::error::Fatal::Stopped))) => {
+                    return Err(WriteError::ShuttingDown);
+                }
+                Ok(Err(RaftError::Fatal(e))) => return Err(WriteError::Fatal(e.to_string())),
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            tokio::time::sleep(backoff.min(left)).await;
+            backoff = (backoff * 2).min(Duration::from_millis(100));
+        }
     }
 
-    /// Runs `f` on the locally applied store (never blocks on Raft).
+    /// Sends `cmd` to the leader at `addr`. `Ok(None)`: that node no longer leads.
+    async fn forward(
+        &self,
+        addr: &str,
+        cmd: &Command,
+        left: Duration,
+    ) -> Result<Option<(CommandResponse, u64)>, String> {
+        let mut client = self.channels.raft_client(addr)?;
+        let req = ForwardWriteRequest { command: cmd.encode().into() };
+        let reply = match tokio::time::timeout(left, client.forward_write(req)).await {
+            Err(_) => return Err("forwarded write timed out".into()),
+            Ok(Err(s)) => return Err(s.to_string()),
+            Ok(Ok(r)) => r.into_inner(),
+        };
+        if reply.not_leader {
+            return Ok(None);
+        }
+        let resp = CommandResponse::decode(&reply.response).map_err(|e| e.to_string())?;
+        Ok(Some((resp, reply.log_index)))
+    }
+
+    async fn wait_applied(&self, index: u64, left: Duration) -> Result<(), WriteError> {
+        self.raft
+            .wait(Some(left))
+            .applied_index_at_least(Some(index), "forwarded write applied locally")
+            .await
+            .map(|_| ())
+            .map_err(|_| WriteError::Unavailable(self.write_timeout))
+    }
+
+    /// Runs `f` on the locally applied store (never waits for Raft).
     pub fn read<R>(&self, f: impl FnOnce(&GroupStore) -> R) -> R {
-        let _ = f;
-        todo!("Node::read")
+        // A poisoned lock means a panic while applying; the data is still the last applied
+        // state, so reading it is the most useful thing to do.
+        let guard = match self.store.read() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        f(&guard)
     }
 
     /// Current Raft status of this node.
     pub fn status(&self) -> NodeStatus {
-        todo!("Node::status")
+        let m = self.raft.metrics().borrow().clone();
+        NodeStatus {
+            id: self.shared.id,
+            has_leader: m.current_leader.is_some(),
+            is_leader: m.state == ServerState::Leader,
+            leader: m.current_leader,
+            term: m.current_term,
+            applied_index: m.last_applied.map_or(0, |l| l.index),
+            commit_index: self.shared.committed_index(&m),
+            last_log_index: m.last_log_index.unwrap_or(0),
+            snapshot_index: m.snapshot.map_or(0, |l| l.index),
+            role: format!("{:?}", m.state),
+        }
     }
 
-    /// Stops Raft and closes storage cleanly. In-flight writes finish first.
+    /// The openraft handle (for the gRPC services, metrics and tests).
+    pub fn raft(&self) -> &PgwRaft {
+        &self.raft
+    }
+
+    /// The channels to peers, shared with the Raft network.
+    pub fn channels(&self) -> &Channels {
+        &self.channels
+    }
+
+    /// Stops Raft and the gRPC server and lets storage close cleanly. Writes already
+    /// proposed finish or fail with [`WriteError::ShuttingDown`].
     pub async fn shutdown(&self) -> anyhow::Result<()> {
-        todo!("Node::shutdown")
+        if let Some(t) = lock(&self.bootstrap_task).take() {
+            t.abort();
+        }
+        let result = self.raft.shutdown().await.map_err(|e| anyhow::anyhow!("raft shutdown: {e}"));
+        let _ = self.grpc_stop.send(true);
+        let task = lock(&self.grpc_task).take();
+        if let Some(t) = task {
+            let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
+        }
+        result
+    }
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    match m.lock() {
+        Ok(g) => g,
+        Err(p) => p.into_inner(),
+    }
+}
+
+async fn initialize(raft: &PgwRaft, members: BTreeMap<NodeId, pgw_store::Node>) -> anyhow::Result<()> {
+    match raft.initialize(members).await {
+        Ok(()) => Ok(()),
+        // Already initialised (a restart that raced us): the log is what counts.
+        Err(RaftError::APIError(openraft::error::InitializeError::NotAllowed(_))) => Ok(()),
+        Err(e) => Err(anyhow::anyhow!("cannot initialise the cluster: {e}")),
+    }
+}
+
+/// Static bootstrap: the lowest id initialises the cluster once a majority of the peers is
+/// reachable and none of them reports an initialised membership; the others wait to be
+/// contacted by the leader. Retries until initialised.
+async fn static_bootstrap(
+    raft: PgwRaft,
+    channels: Channels,
+    id: NodeId,
+    me: pgw_store::Node,
+    peers: BTreeMap<NodeId, String>,
+) {
+    let lowest = peers.keys().next().copied().unwrap_or(id);
+    if lowest != id {
+        tracing::info!(id, leader_candidate = lowest, "waiting for node {lowest} to initialise the cluster");
+        return;
+    }
+    let majority = peers.len() / 2 + 1;
+    loop {
+        if raft.is_initialized().await.unwrap_or(false) {
+            return;
+        }
+        let mut reachable = 1; // this node
+        let mut initialised_elsewhere = false;
+        for (peer, addr) in peers.iter().filter(|(p, _)| **p != id) {
+            match admin_status(&channels, addr).await {
+                Ok(s) if !s.members.is_empty() => {
+                    tracing::info!(peer, "peer already belongs to an initialised cluster; not initialising");
+                    initialised_elsewhere = true;
+                }
+                Ok(_) => reachable += 1,
+                Err(e) => tracing::debug!(peer, error = %e, "peer not reachable yet"),
+            }
+        }
+        if initialised_elsewhere {
+            return;
+        }
+        if reachable >= majority {
+            let members: BTreeMap<NodeId, pgw_store::Node> = peers
+                .iter()
+                .map(|(p, addr)| {
+                    let node = if *p == id {
+                        me.clone()
+                    } else {
+                        pgw_store::Node { raft_addr: addr.clone(), http_addr: String::new() }
+                    };
+                    (*p, node)
+                })
+                .collect();
+            match initialize(&raft, members).await {
+                Ok(()) => {
+                    tracing::info!(id, peers = peers.len(), "initialised the static cluster");
+                    return;
+                }
+                Err(e) => tracing::warn!(error = %e, "initialising the cluster failed; retrying"),
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+async fn admin_status(channels: &Channels, addr: &str) -> Result<pgw_proto::v1::StatusReply, String> {
+    let mut client = AdminServiceClient::new(channels.get(addr)?);
+    match tokio::time::timeout(Duration::from_secs(1), client.status(StatusRequest {})).await {
+        Err(_) => Err(format!("{addr}: timed out")),
+        Ok(Err(s)) => Err(format!("{addr}: {}", s.message())),
+        Ok(Ok(r)) => Ok(r.into_inner()),
+    }
+}
+
+/// Dynamic join: asks the given members (following leader hints) to add this node as a
+/// learner and promote it once caught up. Retries until the node is a member.
+async fn join(raft: PgwRaft, channels: Channels, me: Member, targets: Vec<String>) {
+    let mut targets = targets;
+    let mut i = 0usize;
+    loop {
+        if raft.is_initialized().await.unwrap_or(false) {
+            let m = raft.metrics().borrow().clone();
+            if m.membership_config.membership().voter_ids().any(|v| v == me.id) {
+                tracing::info!(id = me.id, "joined the cluster as a voter");
+                return;
+            }
+        }
+        let Some(addr) = targets.get(i % targets.len().max(1)).cloned() else {
+            tracing::error!("--cluster.join names no member");
+            return;
+        };
+        i += 1;
+        let req = AddLearnerRequest { member: Some(me.clone()), blocking: true, promote: true };
+        let mut client = match channels.get(&addr) {
+            Ok(c) => AdminServiceClient::new(c),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot join");
+                return;
+            }
+        };
+        match tokio::time::timeout(Duration::from_secs(120), client.add_learner(req)).await {
+            Ok(Ok(_)) => {
+                tracing::info!(id = me.id, via = %addr, "added to the cluster");
+                continue;
+            }
+            Ok(Err(s)) => {
+                if let Some(leader) = s.metadata().get("x-pgw-leader").and_then(|v| v.to_str().ok()) {
+                    if !targets.iter().any(|t| t == leader) {
+                        targets.insert(0, leader.to_string());
+                    }
+                    i = targets.iter().position(|t| t == leader).unwrap_or(0);
+                    continue;
+                }
+                tracing::warn!(via = %addr, error = %s.message(), "join attempt failed; retrying");
+            }
+            Err(_) => tracing::warn!(via = %addr, "join attempt timed out; retrying"),
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }

@@ -1,0 +1,268 @@
+//! The Raft network over tonic gRPC: the client side of `pgw.v1.RaftService`.
+//!
+//! One lazily connected channel per peer address, shared by every Raft connection to that
+//! peer and by write forwarding. Every RPC is bounded by openraft's `RPCOption::hard_ttl()`;
+//! connection failures map to `Unreachable`, so openraft backs off for [`BACKOFF`] before it
+//! retries a peer.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use openraft::error::{
+    Fatal, InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, ReplicationClosed,
+    StreamingError, Unreachable,
+};
+use openraft::network::{Backoff, RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    SnapshotResponse, VoteRequest, VoteResponse,
+};
+use openraft::{OptionalSend, Snapshot, Vote};
+use pgw_proto::v1::raft_service_client::RaftServiceClient;
+use pgw_proto::v1::{RaftReply, RaftRequest, SnapshotChunk};
+use pgw_store::{Node, NodeId, TypeConfig};
+use tonic::transport::{Channel, Endpoint};
+
+use crate::codec;
+
+/// How long openraft waits before retrying an unreachable peer. Short, so a restarted peer
+/// is caught up quickly.
+pub const BACKOFF: Duration = Duration::from_millis(200);
+/// Connect timeout of a peer channel.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
+/// Largest gRPC message accepted or sent (a log entry carries a whole push).
+pub const MAX_MESSAGE: usize = 1 << 30;
+/// Size of one snapshot chunk on the wire.
+const SNAPSHOT_CHUNK: usize = 1 << 20;
+
+/// Channels to peers, keyed by address; cheap to clone.
+#[derive(Clone, Debug, Default)]
+pub struct Channels {
+    inner: Arc<Mutex<HashMap<String, Channel>>>,
+}
+
+impl Channels {
+    /// The channel to `addr` (`host:port`), created lazily on first use and reused after.
+    pub fn get(&self, addr: &str) -> Result<Channel, String> {
+        let mut map = match self.inner.lock() {
+            Ok(m) => m,
+            Err(p) => p.into_inner(),
+        };
+        if let Some(c) = map.get(addr) {
+            return Ok(c.clone());
+        }
+        let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|e| format!("bad peer address {addr:?}: {e}"))?
+            .connect_timeout(CONNECT_TIMEOUT)
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(5))
+            .keep_alive_timeout(Duration::from_secs(5));
+        let channel = endpoint.connect_lazy();
+        map.insert(addr.to_string(), channel.clone());
+        Ok(channel)
+    }
+
+    /// A Raft service client for `addr`.
+    pub fn raft_client(&self, addr: &str) -> Result<RaftServiceClient<Channel>, String> {
+        Ok(RaftServiceClient::new(self.get(addr)?)
+            .max_decoding_message_size(MAX_MESSAGE)
+            .max_encoding_message_size(MAX_MESSAGE))
+    }
+}
+
+/// Creates connections to peers.
+#[derive(Clone, Debug, Default)]
+pub struct Network {
+    channels: Channels,
+}
+
+impl Network {
+    /// A network using (and sharing) `channels`.
+    pub fn new(channels: Channels) -> Self {
+        Network { channels }
+    }
+}
+
+/// A connection to one peer.
+#[derive(Debug)]
+pub struct Connection {
+    target: NodeId,
+    addr: String,
+    channels: Channels,
+}
+
+impl RaftNetworkFactory<TypeConfig> for Network {
+    type Network = Connection;
+
+    async fn new_client(&mut self, target: NodeId, node: &Node) -> Connection {
+        Connection { target, addr: node.raft_addr.clone(), channels: self.channels.clone() }
+    }
+}
+
+fn unreachable(msg: impl std::fmt::Display) -> Unreachable {
+    Unreachable::new(&std::io::Error::new(std::io::ErrorKind::NotConnected, msg.to_string()))
+}
+
+fn network_error(msg: impl std::fmt::Display) -> NetworkError {
+    NetworkError::new(&std::io::Error::other(msg.to_string()))
+}
+
+/// Why a call to a peer failed, before its answer was decoded.
+enum CallError {
+    Unreachable(Unreachable),
+    Network(NetworkError),
+}
+
+impl<E: std::error::Error> From<CallError> for RPCError<NodeId, Node, E> {
+    fn from(e: CallError) -> Self {
+        match e {
+            CallError::Unreachable(u) => RPCError::Unreachable(u),
+            CallError::Network(n) => RPCError::Network(n),
+        }
+    }
+}
+
+fn status_error(target: NodeId, addr: &str, s: tonic::Status) -> CallError {
+    match s.code() {
+        tonic::Code::Unavailable | tonic::Code::Cancelled | tonic::Code::DeadlineExceeded => {
+            CallError::Unreachable(unreachable(format!("node {target} at {addr}: {}", s.message())))
+        }
+        _ => CallError::Network(network_error(format!("node {target} at {addr}: {s}"))),
+    }
+}
+
+impl Connection {
+    async fn call<Req, Resp, E>(
+        &mut self,
+        rpc: &Req,
+        option: &RPCOption,
+        vote: bool,
+    ) -> Result<Resp, RPCError<NodeId, Node, RaftError<NodeId, E>>>
+    where
+        Req: serde::Serialize,
+        Resp: serde::de::DeserializeOwned,
+        E: std::error::Error + serde::de::DeserializeOwned,
+    {
+        let payload = codec::encode(rpc).map_err(|e| RPCError::Network(network_error(e)))?;
+        let mut client = self
+            .channels
+            .raft_client(&self.addr)
+            .map_err(|e| RPCError::Unreachable(unreachable(e)))?;
+        let request = RaftRequest { payload: payload.into() };
+        let fut = async {
+            if vote { client.vote(request).await } else { client.append_entries(request).await }
+        };
+        let reply = match tokio::time::timeout(option.hard_ttl(), fut).await {
+            Err(_) => {
+                return Err(RPCError::Unreachable(unreachable(format!(
+                    "node {} at {}: no answer within {:?}",
+                    self.target,
+                    self.addr,
+                    option.hard_ttl()
+                ))));
+            }
+            Ok(Err(s)) => return Err(status_error(self.target, &self.addr, s).into()),
+            Ok(Ok(r)) => r.into_inner(),
+        };
+        decode_reply::<Resp, RaftError<NodeId, E>>(&reply)
+            .map_err(|e| RPCError::Network(network_error(e)))?
+            .map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+}
+
+/// Decodes a [`RaftReply`]: the outer error is a malformed reply, the inner one the remote
+/// Raft error.
+pub fn decode_reply<T, E>(reply: &RaftReply) -> Result<Result<T, E>, String>
+where
+    T: serde::de::DeserializeOwned,
+    E: serde::de::DeserializeOwned,
+{
+    if !reply.error.is_empty() {
+        return Ok(Err(codec::decode(&reply.error)?));
+    }
+    Ok(Ok(codec::decode(&reply.ok)?))
+}
+
+impl RaftNetwork<TypeConfig> for Connection {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, Node, RaftError<NodeId>>> {
+        self.call(&rpc, &option, false).await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, Node, RaftError<NodeId>>> {
+        self.call(&rpc, &option, true).await
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        _rpc: InstallSnapshotRequest<TypeConfig>,
+        _option: RPCOption,
+    ) -> Result<
+        InstallSnapshotResponse<NodeId>,
+        RPCError<NodeId, Node, RaftError<NodeId, InstallSnapshotError>>,
+    > {
+        // With `generic-snapshot-data` openraft sends snapshots with `full_snapshot` only.
+        Err(RPCError::Network(network_error("chunked install_snapshot is not used")))
+    }
+
+    async fn full_snapshot(
+        &mut self,
+        vote: Vote<NodeId>,
+        snapshot: Snapshot<TypeConfig>,
+        cancel: impl std::future::Future<Output = ReplicationClosed> + OptionalSend + 'static,
+        option: RPCOption,
+    ) -> Result<SnapshotResponse<NodeId>, StreamingError<TypeConfig, Fatal<NodeId>>> {
+        let to_net = |e: String| StreamingError::Network(network_error(e));
+        let vote_bytes = codec::encode(&vote).map_err(to_net)?;
+        let meta_bytes = codec::encode(&snapshot.meta).map_err(to_net)?;
+        let data = snapshot.snapshot.into_inner();
+        let mut chunks = Vec::with_capacity(data.len() / SNAPSHOT_CHUNK + 1);
+        let mut first = true;
+        let mut pieces = data.chunks(SNAPSHOT_CHUNK).peekable();
+        if pieces.peek().is_none() {
+            chunks.push(SnapshotChunk { vote: vote_bytes.clone().into(), meta: meta_bytes.clone().into(), data: Default::default() });
+        }
+        for piece in pieces {
+            let (v, m) = if first { (vote_bytes.clone(), meta_bytes.clone()) } else { (Vec::new(), Vec::new()) };
+            first = false;
+            chunks.push(SnapshotChunk { vote: v.into(), meta: m.into(), data: bytes::Bytes::copy_from_slice(piece) });
+        }
+        let mut client = self
+            .channels
+            .raft_client(&self.addr)
+            .map_err(|e| StreamingError::Unreachable(unreachable(e)))?;
+        // A whole snapshot may take a while; allow a generous multiple of the RPC ttl.
+        let ttl = option.hard_ttl().max(Duration::from_secs(60));
+        let call = client.snapshot(tokio_stream::iter(chunks));
+        let reply = tokio::select! {
+            closed = cancel => return Err(StreamingError::Closed(closed)),
+            r = tokio::time::timeout(ttl, call) => r,
+        };
+        let reply = match reply {
+            Err(_) => return Err(StreamingError::Unreachable(unreachable("snapshot transfer timed out"))),
+            Ok(Err(s)) => {
+                return Err(match status_error(self.target, &self.addr, s) {
+                    CallError::Unreachable(u) => StreamingError::Unreachable(u),
+                    CallError::Network(n) => StreamingError::Network(n),
+                });
+            }
+            Ok(Ok(r)) => r.into_inner(),
+        };
+        match decode_reply::<SnapshotResponse<NodeId>, Fatal<NodeId>>(&reply).map_err(to_net)? {
+            Ok(resp) => Ok(resp),
+            Err(fatal) => Err(StreamingError::RemoteError(RemoteError::new(self.target, fatal))),
+        }
+    }
+
+    fn backoff(&self) -> Backoff {
+        Backoff::new(std::iter::repeat(BACKOFF))
+    }
+}
