@@ -337,8 +337,8 @@ impl GroupStore {
         t: i64,
     ) -> (CommandResponse, Effect) {
         let mut changed: Vec<String> = Vec::new();
-        if replace {
-            if let Some(group) = self.groups.get_mut(key) {
+        if replace && let Some(group) = self.groups.get_mut(key) {
+            {
                 let names: Vec<String> = group
                     .families
                     .keys()
@@ -439,16 +439,16 @@ impl GroupStore {
                 .and_then(|g| g.families.get(name))
                 .map(|sf| &sf.family);
             // Type agreement with other groups.
-            if let Some(other) = self.index.type_of_others(name, mine) {
-                if other != t {
-                    let labels = f.metric.first().map(|m| validate::fmt_labels(&m.label));
-                    return Err(format!(
-                        "collected metric {name:?} {} is not a {} (other groups hold {name} as {})",
-                        labels.unwrap_or_default(),
-                        validate::type_name(other),
-                        validate::type_name(other)
-                    ));
-                }
+            if let Some(other) = self.index.type_of_others(name, mine)
+                && other != t
+            {
+                let labels = f.metric.first().map(|m| validate::fmt_labels(&m.label));
+                return Err(format!(
+                    "collected metric {name:?} {} is not a {} (other groups hold {name} as {})",
+                    labels.unwrap_or_default(),
+                    validate::type_name(other),
+                    validate::type_name(other)
+                ));
             }
             // Series unique across groups.
             if self.index.contains(name) {

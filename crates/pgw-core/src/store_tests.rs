@@ -308,11 +308,11 @@ fn duplicate_within_a_push_and_own_replacement() {
     // Re-pushing the same series into the same group replaces it: no collision with itself.
     let f = family("m", MetricType::Gauge, &[(&[("a", "1")], 1.0)]);
     assert_eq!(
-        s.apply(&push(&k, true, T1, &[f.clone()])).0,
+        s.apply(&push(&k, true, T1, std::slice::from_ref(&f))).0,
         CommandResponse::Applied
     );
     assert_eq!(
-        s.apply(&push(&k, false, T1, &[f.clone()])).0,
+        s.apply(&push(&k, false, T1, std::slice::from_ref(&f))).0,
         CommandResponse::Applied
     );
     assert_eq!(
@@ -398,7 +398,7 @@ fn suffix_collisions() {
     s.apply(&push(&k3, true, T1, &[gauge("z_count", 1.0)]));
     let z = family("z", MetricType::Summary, &[(&[], 1.0)]);
     assert_eq!(
-        s.apply(&push(&k3, true, T1, &[z.clone()])).0,
+        s.apply(&push(&k3, true, T1, std::slice::from_ref(&z))).0,
         CommandResponse::Applied
     );
 }

@@ -163,7 +163,7 @@ pub fn fmt_labels(labels: &[LabelPair]) -> String {
             out.push(',');
         }
         out.push_str(lp.name());
-        out.push_str("=");
+        out.push('=');
         out.push_str(&format!("{:?}", lp.value()));
     }
     out.push('}');
