@@ -16,7 +16,7 @@ use pgw_proto::v1::admin_service_server::AdminService;
 use pgw_proto::v1::raft_service_server::RaftService;
 use pgw_proto::v1::{
     AddLearnerRequest, ChangeMembershipRequest, ForwardWriteReply, ForwardWriteRequest, Member,
-    MembershipReply, RaftReply, RaftRequest, SnapshotChunk, StatusReply, StatusRequest,
+    MembershipReply, RaftReply, RaftRequest, ReadIndexReply, ReadIndexRequest, SnapshotChunk, StatusReply, StatusRequest,
     TriggerSnapshotReply, TriggerSnapshotRequest,
 };
 use pgw_store::{Node, NodeId, TypeConfig};
@@ -101,6 +101,32 @@ impl RaftService for RaftGrpc {
             }
             Err(e) => Err(Status::unavailable(e.to_string())),
         }
+    }
+
+    async fn read_index(&self, _req: Request<ReadIndexRequest>) -> Result<Response<ReadIndexReply>, Status> {
+        match read_index(&self.raft).await.map_err(Status::unavailable)? {
+            Ok(index) => Ok(Response::new(ReadIndexReply { index, ..Default::default() })),
+            Err((leader_id, leader_address)) => Ok(Response::new(ReadIndexReply {
+                not_leader: true,
+                leader_id,
+                leader_address,
+                ..Default::default()
+            })),
+        }
+    }
+}
+
+/// Asks the local Raft for a read index: `Ok(Ok(index))` when this node leads, `Ok(Err(hint))`
+/// with the leader's (id, address) when it does not.
+pub async fn read_index(raft: &PgwRaft) -> Result<Result<u64, (u64, String)>, String> {
+    use openraft::error::CheckIsLeaderError;
+    match raft.ensure_linearizable().await {
+        Ok(log_id) => Ok(Ok(log_id.map_or(0, |l| l.index))),
+        Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => Ok(Err((
+            f.leader_id.unwrap_or(0),
+            f.leader_node.map(|n| n.raft_addr).unwrap_or_default(),
+        ))),
+        Err(e) => Err(e.to_string()),
     }
 }
 

@@ -141,12 +141,16 @@ pub struct NodeStatus {
 pub(crate) struct NodeShared {
     pub(crate) id: NodeId,
     pub(crate) http_addr: String,
+    /// The commit index the log store last saw (openraft 0.9 publishes none in its metrics).
+    pub(crate) committed: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl NodeShared {
-    /// openraft 0.9 publishes no commit index; what this node applied is committed.
+    /// The commit index known to this node: on a follower, the leader's as of its last
+    /// heartbeat; never below what this node applied.
     pub(crate) fn committed_index(&self, m: &RaftMetrics<NodeId, pgw_store::Node>) -> u64 {
-        m.last_applied.map_or(0, |l| l.index)
+        let applied = m.last_applied.map_or(0, |l| l.index);
+        self.committed.load(std::sync::atomic::Ordering::Relaxed).max(applied)
     }
 }
 
@@ -176,6 +180,7 @@ impl Node {
             anyhow::anyhow!("cannot open storage at {}: {e}", config.storage_path.display())
         })?;
         let store = state_machine.shared();
+        let committed = log_store.committed_index();
         let election_ms = config.election_timeout.as_millis().max(10) as u64;
         let raft_config = Config {
             cluster_name: "pgw".into(),
@@ -196,7 +201,7 @@ impl Node {
             state_machine,
         )
         .await?;
-        let shared = Arc::new(NodeShared { id: config.id, http_addr: config.http_addr.clone() });
+        let shared = Arc::new(NodeShared { id: config.id, http_addr: config.http_addr.clone(), committed });
         let (grpc_stop, stop_rx) = watch::channel(false);
         let grpc_task = grpc.map(|listener| {
             let raft_svc = RaftServiceServer::new(grpc::RaftGrpc::new(raft.clone()))
@@ -342,6 +347,48 @@ impl Node {
             .await
             .map(|_| ())
             .map_err(|_| WriteError::Unavailable(self.write_timeout))
+    }
+
+    /// A linearizable read barrier: asks the leader (this node or, through gRPC, the current
+    /// leader) to confirm its leadership with a quorum and to name its commit index, then
+    /// waits until this node has applied that index. A read after it sees every write that
+    /// was acknowledged before the barrier started, on whichever node it runs.
+    pub async fn linearizable_barrier(&self) -> Result<(), WriteError> {
+        let deadline = Instant::now() + self.write_timeout;
+        let mut backoff = Duration::from_millis(10);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(WriteError::Unavailable(self.write_timeout));
+            }
+            let attempt = async {
+                match grpc::read_index(&self.raft).await? {
+                    Ok(index) => Ok(Some(index)),
+                    Err((_, addr)) if !addr.is_empty() => {
+                        let mut client = self.channels.raft_client(&addr)?;
+                        let reply = client
+                            .read_index(pgw_proto::v1::ReadIndexRequest {})
+                            .await
+                            .map_err(|s| s.to_string())?
+                            .into_inner();
+                        Ok(if reply.not_leader { None } else { Some(reply.index) })
+                    }
+                    Err(_) => Ok(None),
+                }
+            };
+            match tokio::time::timeout(left, attempt).await {
+                Err(_) => return Err(WriteError::Unavailable(self.write_timeout)),
+                Ok(Ok(Some(index))) => {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    return self.wait_applied(index, left).await;
+                }
+                Ok(Ok(None)) => {}
+                Ok(Err::<_, String>(e)) => tracing::debug!(error = %e, "read index failed; retrying"),
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            tokio::time::sleep(backoff.min(left)).await;
+            backoff = (backoff * 2).min(Duration::from_millis(100));
+        }
     }
 
     /// Runs `f` on the locally applied store (never waits for Raft).

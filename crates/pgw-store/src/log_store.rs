@@ -3,6 +3,7 @@
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use openraft::storage::{LogFlushed, RaftLogStorage};
 use openraft::{
@@ -39,12 +40,24 @@ fn entry_base(index: u64) -> [u8; 9] {
 pub struct LogStore {
     engine: Arc<Engine>,
     tree: Tree,
+    /// The last committed log index openraft reported (0 before any), shared with readers
+    /// such as the readiness check: on a follower it is the leader's commit index as of the
+    /// last heartbeat.
+    committed: Arc<AtomicU64>,
 }
 
 impl LogStore {
     pub(crate) fn new(engine: Arc<Engine>) -> Result<LogStore, StoreError> {
         let tree = engine.tree(LOG_TREE)?;
-        Ok(LogStore { engine, tree })
+        let mut store = LogStore { engine, tree, committed: Arc::new(AtomicU64::new(0)) };
+        let saved: Option<LogId<NodeId>> = store.get_meta(COMMITTED, "committed log id")?;
+        store.committed = Arc::new(AtomicU64::new(saved.map_or(0, |c| c.index)));
+        Ok(store)
+    }
+
+    /// A live view of the committed log index (see the field docs).
+    pub fn committed_index(&self) -> Arc<AtomicU64> {
+        self.committed.clone()
     }
 
     fn get_meta<T: serde::de::DeserializeOwned>(
@@ -197,6 +210,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         &mut self,
         committed: Option<LogId<NodeId>>,
     ) -> Result<(), StorageError<NodeId>> {
+        self.committed
+            .store(committed.as_ref().map_or(0, |c| c.index), Ordering::Relaxed);
         let res = match committed {
             Some(c) => codec::encode("committed log id", &c).and_then(|v| {
                 self.tree

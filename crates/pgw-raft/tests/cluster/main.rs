@@ -181,6 +181,12 @@ async fn t10_writes_through_any_node_replicate_identically() {
         CommandResponse::Rejected(msg) => assert!(msg.starts_with("pushed metrics are invalid"), "{msg}"),
         CommandResponse::Applied => panic!("a type conflict must be rejected through a follower too"),
     }
+    // A linearizable read through a follower sees a write acknowledged by another node.
+    let other = nodes.iter().find(|n| n.id != f.id).unwrap();
+    assert_eq!(other.node().write(put("lin", &[gauge("m", 1.0)], T + 20)).await.unwrap(), CommandResponse::Applied);
+    f.node().linearizable_barrier().await.expect("read index through a follower");
+    let key = GroupingKey::from_pairs([("job", "lin")]);
+    assert!(f.node().read(|s| s.get(&key).is_some()), "linearizable read sees the write");
     assert_converged(&nodes).await;
     for n in nodes {
         n.node().shutdown().await.unwrap();
