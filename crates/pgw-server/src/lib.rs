@@ -1,1 +1,110 @@
-//! placeholder
+//! The pgw node: the Pushgateway HTTP API, its flags, the node's self-metrics, and the `pgw`
+//! binary.
+//!
+//! Owns:
+//! - [`config`]: the command-line flags with the reference's names and defaults, the flags
+//!   pgw adds, and the upstream flags it refuses with a clear message;
+//! - `http`: one dispatcher that reproduces the reference's request handling (path decoding
+//!   and cleaning, route prefix, httprouter redirects, 404/405/`OPTIONS`, request decoding)
+//!   and the handlers: push, delete, wipe, telemetry, `/api/v1`, health, readiness, quit;
+//! - [`metrics`]: the node-local self-metrics (`pushgateway_*`, `process_*`);
+//! - `ui`: the server-rendered web page;
+//! - [`run`]: wiring a node and the HTTP server together, with graceful shutdown.
+//!
+//! Does not own: Raft, storage or the data model. Writes go through
+//! [`pgw_raft::Node::write`] and come back once committed and applied; reads render the
+//! locally applied [`pgw_core::GroupStore`] with [`pgw_core::render`].
+
+#![warn(missing_docs)]
+
+pub mod config;
+mod http;
+pub mod logging;
+pub mod metrics;
+mod timefmt;
+mod ui;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use pgw_raft::{Node, NodeConfig};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+pub use config::Config;
+
+/// Runs a node: opens its storage and starts Raft under `--storage.path`, serves the HTTP
+/// API on `listener` until `shutdown` completes or `/-/quit` is called (with
+/// `--web.enable-lifecycle`), lets in-flight requests finish, then shuts the node down.
+///
+/// The listener is the caller's, so tests can bind `127.0.0.1:0` and the binary can bind
+/// the flag's address.
+///
+/// # Errors
+/// Invalid flags ([`Config::validate`]), a node that cannot start (storage), a failing
+/// server, or an unclean node shutdown.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let settings = config.validate()?;
+    for w in &settings.warnings {
+        tracing::warn!("{w}");
+    }
+    let local = listener.local_addr().ok();
+    let mut node_config = NodeConfig::single(config.storage_path.clone());
+    node_config.write_timeout = config.write_timeout;
+    node_config.snapshot_every = config.snapshot_every;
+    // A wildcard address (`:9091`) is not one a client can reach; leave it to the node.
+    if let Some(addr) = local.filter(|a| !a.ip().is_unspecified()) {
+        node_config.http_addr = addr.to_string();
+    }
+    let node = Node::start(node_config, None)
+        .await
+        .with_context(|| format!("starting the node on {}", config.storage_path.display()))?;
+    let node = Arc::new(node);
+
+    let (quit_tx, mut quit_rx) = watch::channel(false);
+    let metrics = metrics::SelfMetrics::new(metrics::BuildInfo::current());
+    let app = Arc::new(http::App::new(settings, node.clone(), metrics, quit_tx));
+    let router = axum::Router::new().fallback(http::dispatch).with_state(app);
+
+    tracing::info!(
+        address = %local.map_or_else(|| "?".to_string(), |a| a.to_string()),
+        storage = %config.storage_path.display(),
+        version = env!("CARGO_PKG_VERSION"),
+        "listening"
+    );
+    let signal = async move {
+        tokio::select! {
+            () = shutdown => tracing::info!("shutdown requested; exiting gracefully..."),
+            _ = quit_rx.wait_for(|q| *q) => {}
+        }
+    };
+    let served = axum::serve(listener, router)
+        .with_graceful_shutdown(signal)
+        .await;
+    tracing::info!("HTTP server stopped");
+    let stopped = node.shutdown().await;
+    served.context("serving HTTP")?;
+    stopped.context("shutting the node down")?;
+    Ok(())
+}
+
+/// Binds a listener for `--web.listen-address`. Go's notation is accepted: `:9091` means
+/// every interface (IPv6 and IPv4 where the system allows, else IPv4).
+///
+/// # Errors
+/// The address cannot be resolved or bound.
+pub async fn bind(address: &str) -> std::io::Result<TcpListener> {
+    if let Some(port) = address.strip_prefix(':') {
+        match TcpListener::bind(format!("[::]:{port}")).await {
+            Ok(l) => return Ok(l),
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => return Err(e),
+            Err(_) => return TcpListener::bind(format!("0.0.0.0:{port}")).await,
+        }
+    }
+    TcpListener::bind(address).await
+}

@@ -1,0 +1,707 @@
+//! Command-line flags, with the reference Pushgateway's names and defaults (spec §10.1), the
+//! flags pgw adds, and the upstream flags pgw refuses.
+//!
+//! Flags are parsed with clap into [`Config`]; [`Config::validate`] then checks them and
+//! resolves what the HTTP layer needs ([`Settings`]). Flag syntax follows kingpin, the
+//! upstream flag library, where it matters for existing unit files: `--flag=value` and
+//! `--flag value`, boolean flags as `--flag`, `--flag=true|false` and `--no-flag`.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::builder::BoolishValueParser;
+use clap::{ArgAction, Parser, ValueEnum};
+
+/// `--log.level`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogLevel {
+    /// Everything, including per-request diagnostics.
+    Debug,
+    /// The default.
+    Info,
+    /// Warnings and errors.
+    Warn,
+    /// Errors only.
+    Error,
+}
+
+impl LogLevel {
+    /// The upstream spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogLevel::Debug => "debug",
+            LogLevel::Info => "info",
+            LogLevel::Warn => "warn",
+            LogLevel::Error => "error",
+        }
+    }
+}
+
+/// `--log.format`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// `ts=… level=… msg=… key=value`, one event a line (the default, as upstream).
+    Logfmt,
+    /// One JSON object a line.
+    Json,
+}
+
+impl LogFormat {
+    /// The upstream spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogFormat::Logfmt => "logfmt",
+            LogFormat::Json => "json",
+        }
+    }
+}
+
+const REFUSED: &str = "Upstream flags that pgw refuses";
+
+/// The flags of a `pgw` node.
+///
+/// Build it with [`Config::parse_from`] (or `try_parse_from`) and call
+/// [`Config::validate`] before use; [`crate::run`] does the latter itself.
+#[derive(Clone, Debug, Parser)]
+#[command(
+    name = "pgw",
+    version,
+    about = "pgw: a Raft-replicated, drop-in compatible Prometheus Pushgateway node.",
+    long_about = None
+)]
+pub struct Config {
+    /// Address to listen on for the web interface, API and telemetry (`:9091` means every
+    /// interface).
+    #[arg(
+        long = "web.listen-address",
+        default_value = ":9091",
+        value_name = "ADDR"
+    )]
+    pub listen_address: String,
+
+    /// Path under which to expose metrics (joined with the route prefix).
+    #[arg(
+        long = "web.telemetry-path",
+        default_value = "/metrics",
+        value_name = "PATH"
+    )]
+    pub telemetry_path: String,
+
+    /// The URL under which the Pushgateway is externally reachable.
+    #[arg(long = "web.external-url", default_value = "", value_name = "URL")]
+    pub external_url: String,
+
+    /// Prefix for the internal routes of web endpoints. Defaults to the path of
+    /// --web.external-url.
+    #[arg(long = "web.route-prefix", default_value = "", value_name = "PREFIX")]
+    pub route_prefix: String,
+
+    /// Enable shutdown via HTTP request (`PUT|POST /-/quit`).
+    #[arg(long = "web.enable-lifecycle", num_args = 0..=1, require_equals = true,
+          default_value = "false", default_missing_value = "true",
+          value_parser = BoolishValueParser::new(), action = ArgAction::Set)]
+    pub enable_lifecycle: bool,
+    #[arg(long = "no-web.enable-lifecycle", hide = true, action = ArgAction::SetTrue)]
+    no_enable_lifecycle: bool,
+
+    /// Enable API endpoints for admin control actions (`PUT /api/v1/admin/wipe`).
+    #[arg(long = "web.enable-admin-api", num_args = 0..=1, require_equals = true,
+          default_value = "false", default_missing_value = "true",
+          value_parser = BoolishValueParser::new(), action = ArgAction::Set)]
+    pub enable_admin_api: bool,
+    #[arg(long = "no-web.enable-admin-api", hide = true, action = ArgAction::SetTrue)]
+    no_enable_admin_api: bool,
+
+    /// Do not check consistency of pushed metrics. DANGEROUS. Pushes are answered 202.
+    #[arg(long = "push.disable-consistency-check", num_args = 0..=1, require_equals = true,
+          default_value = "false", default_missing_value = "true",
+          value_parser = BoolishValueParser::new(), action = ArgAction::Set)]
+    pub disable_consistency_check: bool,
+    #[arg(long = "no-push.disable-consistency-check", hide = true, action = ArgAction::SetTrue)]
+    no_disable_consistency_check: bool,
+
+    /// Only log messages with the given severity or above.
+    #[arg(long = "log.level", value_enum, default_value = "info")]
+    pub log_level: LogLevel,
+
+    /// Output format of log messages.
+    #[arg(long = "log.format", value_enum, default_value = "logfmt")]
+    pub log_format: LogFormat,
+
+    /// Directory of the node's Raft log and state machine (replaces --persistence.file).
+    #[arg(long = "storage.path", default_value = "./data", value_name = "DIR")]
+    pub storage_path: PathBuf,
+
+    /// Serve the node's own metrics (pushgateway_*, process_*) on this path (joined with the
+    /// route prefix) instead of appending them to the telemetry path, so that every replica
+    /// serves byte-identical pushed metrics there.
+    #[arg(long = "web.self-metrics-path", value_name = "PATH")]
+    pub self_metrics_path: Option<String>,
+
+    /// Largest accepted push body, before and after Content-Encoding decoding; larger pushes
+    /// get 413. Plain bytes or with a unit (`64MiB`, `512KiB`, `1GB`).
+    #[arg(long = "push.max-body-bytes", default_value = "64MiB", value_parser = parse_bytes,
+          value_name = "BYTES")]
+    pub max_body_bytes: usize,
+
+    /// How long a write may wait for a Raft leader before it is answered 503.
+    #[arg(long = "cluster.write-timeout", default_value = "10s", value_parser = parse_duration,
+          value_name = "DURATION")]
+    pub write_timeout: Duration,
+
+    /// Build a Raft snapshot after this many applied log entries.
+    #[arg(
+        long = "raft.snapshot-every",
+        default_value_t = 10_000,
+        value_name = "N"
+    )]
+    pub snapshot_every: u64,
+
+    /// Refused: pgw always persists every acknowledged write under --storage.path.
+    #[arg(long = "persistence.file", help_heading = REFUSED, value_name = "FILE")]
+    pub persistence_file: Option<String>,
+
+    /// Refused: pgw always persists every acknowledged write under --storage.path.
+    #[arg(long = "persistence.interval", help_heading = REFUSED, value_name = "DURATION")]
+    pub persistence_interval: Option<String>,
+
+    /// Refused: TLS and basic auth are not supported; put a reverse proxy in front.
+    #[arg(long = "web.config.file", help_heading = REFUSED, value_name = "FILE")]
+    pub web_config_file: Option<String>,
+
+    /// Refused: systemd socket activation is not supported.
+    #[arg(long = "web.systemd-socket", help_heading = REFUSED, num_args = 0..=1,
+          require_equals = true, default_missing_value = "true",
+          value_parser = BoolishValueParser::new(), action = ArgAction::Set)]
+    pub web_systemd_socket: Option<bool>,
+
+    /// Refused: UTF-8 metric and label names are not supported yet.
+    #[arg(long = "push.enable-utf8-names", help_heading = REFUSED, num_args = 0..=1,
+          require_equals = true, default_missing_value = "true",
+          value_parser = BoolishValueParser::new(), action = ArgAction::Set)]
+    pub enable_utf8_names: Option<bool>,
+
+    /// Ignored (Debian's packaging of the reference): pgw embeds its web assets.
+    #[arg(long = "web.local-assets", help_heading = REFUSED, value_name = "DIR")]
+    pub web_local_assets: Option<String>,
+}
+
+/// A flag combination pgw cannot start with. `Display` is the message for the operator.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// `--persistence.file` / `--persistence.interval`.
+    #[error(
+        "--{0} is not supported: pgw persists every acknowledged write in its Raft log and \
+         state machine under --storage.path (default ./data); remove --persistence.file and \
+         --persistence.interval and set --storage.path to a directory instead"
+    )]
+    Persistence(&'static str),
+    /// `--web.config.file`.
+    #[error(
+        "--web.config.file is not supported: pgw serves plain HTTP only; for TLS or basic \
+         auth put a reverse proxy (nginx, Caddy, Envoy, ...) in front of it"
+    )]
+    WebConfig,
+    /// `--web.systemd-socket`.
+    #[error(
+        "--web.systemd-socket is not supported: pass --web.listen-address instead of using \
+         systemd socket activation"
+    )]
+    SystemdSocket,
+    /// `--push.enable-utf8-names`.
+    #[error(
+        "--push.enable-utf8-names is not supported yet: pgw accepts only legacy \
+         (`[a-zA-Z_:][a-zA-Z0-9_:]*`) metric and label names"
+    )]
+    Utf8Names,
+    /// A path flag that does not start with `/`.
+    #[error("--{flag} must start with \"/\", got {value:?}")]
+    Path {
+        /// The flag.
+        flag: &'static str,
+        /// Its value.
+        value: String,
+    },
+    /// `--web.self-metrics-path` equal to the telemetry path.
+    #[error("--web.self-metrics-path must differ from --web.telemetry-path")]
+    SelfMetricsPath,
+    /// Zero or nonsensical numbers.
+    #[error("--{0} must be greater than zero")]
+    Zero(&'static str),
+}
+
+/// What the HTTP layer needs, resolved from a validated [`Config`].
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Route prefix per `computeRoutePrefix`: empty, or `/x` without a trailing `/`.
+    pub route_prefix: String,
+    /// The telemetry path joined with the route prefix and cleaned.
+    pub telemetry_path: String,
+    /// The self-metrics path joined with the route prefix, if set.
+    pub self_metrics_path: Option<String>,
+    /// `--web.enable-lifecycle`.
+    pub enable_lifecycle: bool,
+    /// `--web.enable-admin-api`.
+    pub enable_admin_api: bool,
+    /// `!--push.disable-consistency-check`.
+    pub check_consistency: bool,
+    /// `--push.max-body-bytes`.
+    pub max_body_bytes: usize,
+    /// Every flag by its upstream name, as `/api/v1/status` and the web page show them.
+    pub flags: BTreeMap<String, String>,
+    /// Notes for the operator about accepted-but-ignored flags (logged at start).
+    pub warnings: Vec<String>,
+}
+
+impl Config {
+    /// Parses flags from `args` (the first item is the program name); on an error prints
+    /// clap's message and exits, as a binary does. Usable without importing `clap::Parser`.
+    pub fn parse_from<I, T>(args: I) -> Self
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        <Self as Parser>::parse_from(args)
+    }
+
+    /// Parses flags from `args` (the first item is the program name).
+    ///
+    /// # Errors
+    /// Unknown flags or values that do not parse, with clap's message.
+    pub fn try_parse_from<I, T>(args: I) -> Result<Self, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        <Self as Parser>::try_parse_from(args)
+    }
+
+    /// `--web.enable-lifecycle`, with `--no-web.enable-lifecycle` applied.
+    pub fn lifecycle_enabled(&self) -> bool {
+        self.enable_lifecycle && !self.no_enable_lifecycle
+    }
+
+    /// `--web.enable-admin-api`, with its `--no-` form applied.
+    pub fn admin_api_enabled(&self) -> bool {
+        self.enable_admin_api && !self.no_enable_admin_api
+    }
+
+    /// `--push.disable-consistency-check`, with its `--no-` form applied.
+    pub fn consistency_check_disabled(&self) -> bool {
+        self.disable_consistency_check && !self.no_disable_consistency_check
+    }
+
+    /// Checks the flags and resolves the HTTP settings.
+    ///
+    /// # Errors
+    /// Any upstream flag pgw refuses (`--persistence.*`, `--web.config.file`,
+    /// `--web.systemd-socket`, `--push.enable-utf8-names=true`), paths that do not start with
+    /// `/`, and zero limits.
+    pub fn validate(&self) -> Result<Settings, ConfigError> {
+        if self.persistence_file.is_some() {
+            return Err(ConfigError::Persistence("persistence.file"));
+        }
+        if self.persistence_interval.is_some() {
+            return Err(ConfigError::Persistence("persistence.interval"));
+        }
+        if self.web_config_file.is_some() {
+            return Err(ConfigError::WebConfig);
+        }
+        if self.web_systemd_socket == Some(true) {
+            return Err(ConfigError::SystemdSocket);
+        }
+        if self.enable_utf8_names == Some(true) {
+            return Err(ConfigError::Utf8Names);
+        }
+        if !self.telemetry_path.starts_with('/') {
+            return Err(ConfigError::Path {
+                flag: "web.telemetry-path",
+                value: self.telemetry_path.clone(),
+            });
+        }
+        if let Some(p) = &self.self_metrics_path
+            && !p.starts_with('/')
+        {
+            return Err(ConfigError::Path {
+                flag: "web.self-metrics-path",
+                value: p.clone(),
+            });
+        }
+        if self.max_body_bytes == 0 {
+            return Err(ConfigError::Zero("push.max-body-bytes"));
+        }
+        if self.write_timeout.is_zero() {
+            return Err(ConfigError::Zero("cluster.write-timeout"));
+        }
+        if self.snapshot_every == 0 {
+            return Err(ConfigError::Zero("raft.snapshot-every"));
+        }
+
+        let route_prefix = compute_route_prefix(&self.route_prefix, &self.external_url);
+        let telemetry_path = join_path(&route_prefix, &self.telemetry_path);
+        let self_metrics_path = self
+            .self_metrics_path
+            .as_deref()
+            .map(|p| join_path(&route_prefix, p));
+        if self_metrics_path.as_deref() == Some(telemetry_path.as_str()) {
+            return Err(ConfigError::SelfMetricsPath);
+        }
+        let mut warnings = Vec::new();
+        if self.web_local_assets.is_some() {
+            warnings.push(
+                "--web.local-assets is ignored: pgw embeds its web page and assets".to_string(),
+            );
+        }
+        Ok(Settings {
+            flags: self.status_flags(&route_prefix),
+            route_prefix,
+            telemetry_path,
+            self_metrics_path,
+            enable_lifecycle: self.lifecycle_enabled(),
+            enable_admin_api: self.admin_api_enabled(),
+            check_consistency: !self.consistency_check_disabled(),
+            max_body_bytes: self.max_body_bytes,
+            warnings,
+        })
+    }
+
+    /// Every flag under its upstream name with its value as a string (spec §9.1): booleans
+    /// `true`/`false`, durations in Go's notation. Upstream flags without a counterpart in pgw
+    /// have an empty value.
+    fn status_flags(&self, route_prefix: &str) -> BTreeMap<String, String> {
+        let b = |v: bool| v.to_string();
+        let mut f = BTreeMap::new();
+        let mut put = |k: &str, v: String| {
+            f.insert(k.to_string(), v);
+        };
+        // Upstream flags.
+        put("log.format", self.log_format.as_str().into());
+        put("log.level", self.log_level.as_str().into());
+        put("persistence.file", String::new());
+        put("persistence.interval", String::new());
+        put(
+            "push.disable-consistency-check",
+            b(self.consistency_check_disabled()),
+        );
+        put("push.enable-utf8-names", String::new());
+        put("web.config.file", String::new());
+        put("web.enable-admin-api", b(self.admin_api_enabled()));
+        put("web.enable-lifecycle", b(self.lifecycle_enabled()));
+        put("web.external-url", self.external_url.clone());
+        put("web.listen-address", self.listen_address.clone());
+        put("web.local-assets", String::new());
+        // Upstream shows the computed prefix (the flag variable is overwritten).
+        put("web.route-prefix", route_prefix.to_string());
+        put("web.systemd-socket", String::new());
+        put("web.telemetry-path", self.telemetry_path.clone());
+        // pgw's own flags.
+        put("cluster.write-timeout", format_duration(self.write_timeout));
+        put("push.max-body-bytes", self.max_body_bytes.to_string());
+        put("raft.snapshot-every", self.snapshot_every.to_string());
+        put("storage.path", self.storage_path.display().to_string());
+        put(
+            "web.self-metrics-path",
+            self.self_metrics_path.clone().unwrap_or_default(),
+        );
+        f
+    }
+}
+
+/// Upstream `computeRoutePrefix`: with `prefix` empty the path of `external_url` is used; `/`
+/// means no prefix; anything else gets a leading `/` and loses one trailing `/`.
+pub fn compute_route_prefix(prefix: &str, external_url: &str) -> String {
+    let mut p = if prefix.is_empty() {
+        url_path(external_url)
+    } else {
+        prefix.to_string()
+    };
+    if p == "/" {
+        return String::new();
+    }
+    if !p.starts_with('/') {
+        p.insert(0, '/');
+    }
+    if p.ends_with('/') {
+        p.pop();
+    }
+    p
+}
+
+/// The (percent-decoded) path of a URL such as `http://host:9091/ext/` or `/ext`.
+fn url_path(url: &str) -> String {
+    let no_frag = url.split('#').next().unwrap_or_default();
+    let no_query = no_frag.split('?').next().unwrap_or_default();
+    let path = match no_query.find("://") {
+        Some(i) => {
+            let after = &no_query[i + 3..];
+            after.find('/').map_or("", |j| &after[j..])
+        }
+        None => no_query,
+    };
+    match crate::http::path::percent_decode(path.as_bytes()) {
+        Some(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+        None => path.to_string(),
+    }
+}
+
+/// Go's `path.Join(prefix, p)` for an absolute `p`: joined and cleaned.
+fn join_path(prefix: &str, p: &str) -> String {
+    let joined = format!("{prefix}/{p}");
+    String::from_utf8_lossy(&crate::http::path::clean(joined.as_bytes(), false)).into_owned()
+}
+
+/// Parses a byte size: a plain integer, or a number with `B`, `KB`/`KiB`, `MB`/`MiB`,
+/// `GB`/`GiB` (case-insensitive; decimal units are powers of 1000).
+pub fn parse_bytes(s: &str) -> Result<usize, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("invalid byte size {s:?}: expected e.g. 67108864 or 64MiB"))?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "kb" => 1000,
+        "kib" => 1 << 10,
+        "mb" => 1000 * 1000,
+        "mib" => 1 << 20,
+        "gb" => 1000 * 1000 * 1000,
+        "gib" => 1 << 30,
+        other => return Err(format!("invalid byte size unit {other:?} in {s:?}")),
+    };
+    n.checked_mul(mult)
+        .and_then(|v| usize::try_from(v).ok())
+        .ok_or_else(|| format!("byte size {s:?} is too large"))
+}
+
+/// Parses a duration in Go's `time.ParseDuration` notation (`10s`, `1m30s`, `250ms`, `1.5h`),
+/// which is what the upstream flags use. Negative durations are refused.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let err = || format!("invalid duration {s:?}: expected e.g. 10s, 1m30s or 500ms");
+    let mut rest = s.trim().strip_prefix('+').unwrap_or(s.trim());
+    if rest == "0" {
+        return Ok(Duration::ZERO);
+    }
+    if rest.is_empty() || rest.starts_with('-') {
+        return Err(err());
+    }
+    let mut total: u128 = 0;
+    while !rest.is_empty() {
+        let int_end = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let (int, r) = rest.split_at(int_end);
+        let (frac, r) = match r.strip_prefix('.') {
+            Some(r2) => {
+                let e = r2.find(|c: char| !c.is_ascii_digit()).unwrap_or(r2.len());
+                r2.split_at(e)
+            }
+            None => ("", r),
+        };
+        if int.is_empty() && frac.is_empty() {
+            return Err(err());
+        }
+        let unit_end = r
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(r.len());
+        let (unit, r) = r.split_at(unit_end);
+        let scale: u128 = match unit {
+            "ns" => 1,
+            "us" | "\u{b5}s" | "\u{3bc}s" => 1_000,
+            "ms" => 1_000_000,
+            "s" => 1_000_000_000,
+            "m" => 60_000_000_000,
+            "h" => 3_600_000_000_000,
+            _ => return Err(err()),
+        };
+        let i: u128 = if int.is_empty() {
+            0
+        } else {
+            int.parse().map_err(|_| err())?
+        };
+        let mut v = i.checked_mul(scale).ok_or_else(err)?;
+        if !frac.is_empty() {
+            let digits = &frac[..frac.len().min(18)];
+            let f: u128 = digits.parse().map_err(|_| err())?;
+            v += f * scale / 10u128.pow(digits.len() as u32);
+        }
+        total = total.checked_add(v).ok_or_else(err)?;
+        rest = r;
+    }
+    let nanos = u64::try_from(total).map_err(|_| err())?;
+    Ok(Duration::from_nanos(nanos))
+}
+
+/// Formats a duration as Go's `time.Duration.String` does (`10s`, `5m0s`, `1h0m0s`,
+/// `1.5s`, `250ms`), for `/api/v1/status`.
+pub fn format_duration(d: Duration) -> String {
+    let u = d.as_nanos();
+    if u == 0 {
+        return "0s".into();
+    }
+    fn frac(v: u128, prec: u32) -> (u128, String) {
+        let div = 10u128.pow(prec);
+        let f = v % div;
+        if f == 0 {
+            return (v / div, String::new());
+        }
+        let s = format!("{f:0width$}", width = prec as usize);
+        (v / div, format!(".{}", s.trim_end_matches('0')))
+    }
+    if u < 1_000_000_000 {
+        let (prec, unit) = if u < 1_000 {
+            (0, "ns")
+        } else if u < 1_000_000 {
+            (3, "\u{b5}s")
+        } else {
+            (6, "ms")
+        };
+        let (i, f) = frac(u, prec);
+        return format!("{i}{f}{unit}");
+    }
+    let (secs, f) = frac(u, 9);
+    let s = secs % 60;
+    let mins = secs / 60;
+    if mins == 0 {
+        return format!("{s}{f}s");
+    }
+    let m = mins % 60;
+    let h = mins / 60;
+    if h == 0 {
+        format!("{m}m{s}{f}s")
+    } else {
+        format!("{h}h{m}m{s}{f}s")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(args: &[&str]) -> Config {
+        let mut v = vec!["pgw"];
+        v.extend_from_slice(args);
+        Config::try_parse_from(v).expect("flags parse")
+    }
+
+    #[test]
+    fn defaults_match_upstream() {
+        let c = cfg(&[]);
+        assert_eq!(c.listen_address, ":9091");
+        assert_eq!(c.telemetry_path, "/metrics");
+        assert_eq!(c.storage_path, PathBuf::from("./data"));
+        assert_eq!(c.max_body_bytes, 64 << 20);
+        assert_eq!(c.write_timeout, Duration::from_secs(10));
+        assert_eq!(c.snapshot_every, 10_000);
+        let s = c.validate().expect("valid");
+        assert_eq!(s.route_prefix, "");
+        assert_eq!(s.telemetry_path, "/metrics");
+        assert!(s.check_consistency);
+        assert!(!s.enable_admin_api && !s.enable_lifecycle);
+        assert_eq!(s.flags["web.enable-admin-api"], "false");
+        assert_eq!(s.flags["cluster.write-timeout"], "10s");
+        assert_eq!(s.flags["persistence.file"], "");
+        for k in [
+            "log.format",
+            "log.level",
+            "persistence.file",
+            "persistence.interval",
+            "push.disable-consistency-check",
+            "push.enable-utf8-names",
+            "web.config.file",
+            "web.enable-admin-api",
+            "web.enable-lifecycle",
+            "web.external-url",
+            "web.listen-address",
+            "web.local-assets",
+            "web.route-prefix",
+            "web.systemd-socket",
+            "web.telemetry-path",
+            "storage.path",
+            "web.self-metrics-path",
+            "push.max-body-bytes",
+            "cluster.write-timeout",
+            "raft.snapshot-every",
+        ] {
+            assert!(s.flags.contains_key(k), "missing flag {k}");
+        }
+    }
+
+    #[test]
+    fn boolean_flag_forms() {
+        assert!(cfg(&["--web.enable-lifecycle"]).lifecycle_enabled());
+        assert!(cfg(&["--web.enable-lifecycle=true"]).lifecycle_enabled());
+        assert!(!cfg(&["--web.enable-lifecycle=false"]).lifecycle_enabled());
+        assert!(!cfg(&["--web.enable-lifecycle", "--no-web.enable-lifecycle"]).lifecycle_enabled());
+        assert!(cfg(&["--push.disable-consistency-check"]).consistency_check_disabled());
+    }
+
+    #[test]
+    fn refused_flags() {
+        let e = cfg(&["--persistence.file=/tmp/x"]).validate().unwrap_err();
+        assert!(e.to_string().contains("--storage.path"), "{e}");
+        let e = cfg(&["--persistence.interval", "5m"])
+            .validate()
+            .unwrap_err();
+        assert!(e.to_string().contains("--storage.path"), "{e}");
+        let e = cfg(&["--web.config.file=web.yml"]).validate().unwrap_err();
+        assert!(e.to_string().contains("reverse proxy"), "{e}");
+        assert_eq!(
+            cfg(&["--web.systemd-socket"]).validate().unwrap_err(),
+            ConfigError::SystemdSocket
+        );
+        assert!(cfg(&["--web.systemd-socket=false"]).validate().is_ok());
+        assert_eq!(
+            cfg(&["--push.enable-utf8-names"]).validate().unwrap_err(),
+            ConfigError::Utf8Names
+        );
+        let s = cfg(&["--web.local-assets=/usr/share/x"])
+            .validate()
+            .expect("ignored");
+        assert_eq!(s.warnings.len(), 1);
+    }
+
+    #[test]
+    fn route_prefix() {
+        assert_eq!(compute_route_prefix("", ""), "");
+        assert_eq!(compute_route_prefix("/", ""), "");
+        assert_eq!(compute_route_prefix("pfx", ""), "/pfx");
+        assert_eq!(compute_route_prefix("/pfx/", ""), "/pfx");
+        assert_eq!(compute_route_prefix("", "http://h:9091/ext/"), "/ext");
+        assert_eq!(compute_route_prefix("", "http://h:9091"), "");
+        assert_eq!(compute_route_prefix("/r", "http://h/ext/"), "/r");
+        let s = cfg(&["--web.route-prefix=/pfx", "--web.telemetry-path=/tele"])
+            .validate()
+            .expect("valid");
+        assert_eq!(s.telemetry_path, "/pfx/tele");
+        assert_eq!(s.flags["web.route-prefix"], "/pfx");
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("1m30s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert!(parse_duration("10").is_err());
+        assert!(parse_duration("-1s").is_err());
+        assert!(parse_duration("").is_err());
+        assert_eq!(format_duration(Duration::from_secs(300)), "5m0s");
+        assert_eq!(format_duration(Duration::from_secs(1)), "1s");
+        assert_eq!(format_duration(Duration::from_secs(3600)), "1h0m0s");
+        assert_eq!(format_duration(Duration::from_millis(1500)), "1.5s");
+        assert_eq!(format_duration(Duration::from_millis(250)), "250ms");
+        assert_eq!(format_duration(Duration::from_micros(3)), "3\u{b5}s");
+        assert_eq!(format_duration(Duration::from_nanos(12)), "12ns");
+    }
+
+    #[test]
+    fn byte_sizes() {
+        assert_eq!(parse_bytes("1024"), Ok(1024));
+        assert_eq!(parse_bytes("64MiB"), Ok(64 << 20));
+        assert_eq!(parse_bytes("1kb"), Ok(1000));
+        assert!(parse_bytes("12XB").is_err());
+        assert!(parse_bytes("").is_err());
+    }
+}

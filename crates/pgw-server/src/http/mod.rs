@@ -1,0 +1,354 @@
+//! The Pushgateway HTTP API: one dispatcher that reproduces the reference's request path
+//! handling (spec §2) in the order Go applies it:
+//!
+//! 1. percent-decode the path into bytes (`%2F` becomes a separator; a bad escape is 400);
+//! 2. `ServeMux`: `<prefix>/api/v1` → 301 `<prefix>/api/v1/`; a path that cleaning changes
+//!    (`//`, `/./`, `/../`) → 301 to the cleaned path, for every method;
+//! 3. `<prefix>/api/v1/…` goes to the API table ([`api`]), without request decoding;
+//! 4. everything else: the request decoder (a `Content-Encoding: gzip` header with a body
+//!    that does not start like gzip is 400), then the main table ([`router`]): handlers,
+//!    trailing-slash and case redirects, automatic `OPTIONS`, 405 with `Allow`, 404.
+//!
+//! Handlers are instrumented as upstream (`pushgateway_http_requests_total` with the
+//! upstream handler names; push duration and size); scrapes, redirects, 404/405 and the
+//! automatic `OPTIONS` are not counted.
+
+mod api;
+mod body;
+pub(crate) mod path;
+mod push;
+mod resp;
+pub(crate) mod router;
+mod scrape;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::{Request, State};
+use axum::response::Response;
+use http::request::Parts;
+use http::{Method, StatusCode};
+use pgw_raft::Node;
+use tokio::sync::watch;
+
+use crate::config::Settings;
+use crate::metrics::{Observation, SelfMetrics};
+use body::BufferedBody;
+use router::{Outcome, Part, Table, lit};
+
+/// Everything a request handler needs.
+pub(crate) struct App {
+    pub(crate) settings: Settings,
+    pub(crate) node: Arc<Node>,
+    pub(crate) metrics: SelfMetrics,
+    /// Process start, ns since the Unix epoch (`/api/v1/status` `start_time`).
+    pub(crate) start_time_ns: i128,
+    /// Set to `true` by `/-/quit` to start a graceful shutdown.
+    pub(crate) quit: watch::Sender<bool>,
+    main: Table<MainRoute>,
+    api: Table<api::ApiRoute>,
+    /// `<prefix>/api/v1`.
+    api_base: Vec<u8>,
+}
+
+/// The routes of the main table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum MainRoute {
+    Healthy,
+    Ready,
+    Telemetry,
+    SelfMetrics,
+    /// Push paths; the bool says `@base64` job.
+    Push(bool),
+    Static,
+    Status,
+    Quit,
+    /// `GET /-/quit`, registered without the route prefix (upstream quirk Q7, kept).
+    QuitGet,
+}
+
+impl App {
+    pub(crate) fn new(
+        settings: Settings,
+        node: Arc<Node>,
+        metrics: SelfMetrics,
+        quit: watch::Sender<bool>,
+    ) -> Self {
+        let p = settings.route_prefix.clone();
+        let mut main = Table::default();
+        let get = [Method::GET];
+        main.add(
+            &get,
+            vec![lit(&format!("{p}/-/healthy"))],
+            MainRoute::Healthy,
+        );
+        main.add(&get, vec![lit(&format!("{p}/-/ready"))], MainRoute::Ready);
+        main.add(
+            &get,
+            vec![lit(&settings.telemetry_path)],
+            MainRoute::Telemetry,
+        );
+        if let Some(sm) = &settings.self_metrics_path {
+            main.add(&get, vec![lit(sm)], MainRoute::SelfMetrics);
+        }
+        let push = [Method::PUT, Method::POST, Method::DELETE];
+        for (suffix, b64) in [("", false), ("@base64", true)] {
+            let base = format!("{p}/metrics/job{suffix}/");
+            main.add(&push, vec![lit(&base), Part::Param], MainRoute::Push(b64));
+            main.add(
+                &push,
+                vec![lit(&base), Part::Param, Part::CatchAll],
+                MainRoute::Push(b64),
+            );
+        }
+        // httprouter: `/metrics/job/` sits on a `/` node with a wildcard child and is
+        // redirected to `/metrics/job` (which is 404); `/metrics/job@base64/` is not.
+        main.add_tsr_quirk(&push, format!("{p}/metrics/job/").into_bytes());
+        main.add(
+            &get,
+            vec![lit(&format!("{p}/static")), Part::CatchAll],
+            MainRoute::Static,
+        );
+        main.add(&get, vec![lit(&format!("{p}/status"))], MainRoute::Status);
+        main.add(&get, vec![lit(&format!("{p}/"))], MainRoute::Status);
+        main.add(
+            &[Method::PUT, Method::POST],
+            vec![lit(&format!("{p}/-/quit"))],
+            MainRoute::Quit,
+        );
+        main.add(&get, vec![lit("/-/quit")], MainRoute::QuitGet);
+
+        let api = api::table(settings.enable_admin_api);
+        App {
+            api_base: format!("{p}/api/v1").into_bytes(),
+            settings,
+            node,
+            metrics,
+            start_time_ns: crate::timefmt::unix_nanos(std::time::SystemTime::now()),
+            quit,
+            main,
+            api,
+        }
+    }
+}
+
+/// What the instrumentation needs to know about a handled request.
+struct Instrument {
+    handler: &'static str,
+    /// For pushes: the number of body bytes received.
+    push_body: Option<usize>,
+}
+
+impl Instrument {
+    fn handler(handler: &'static str) -> Option<Self> {
+        Some(Instrument {
+            handler,
+            push_body: None,
+        })
+    }
+}
+
+/// The axum fallback handler: every request comes through here.
+pub(crate) async fn dispatch(State(app): State<Arc<App>>, req: Request) -> Response {
+    let start = Instant::now();
+    let (parts, body) = req.into_parts();
+    let (resp, instrument) = handle(&app, &parts, body).await;
+    if let Some(i) = instrument {
+        let push = i
+            .push_body
+            .map(|n| (start.elapsed(), approximate_request_size(&parts, n)));
+        app.metrics.observe(Observation {
+            handler: i.handler,
+            method: parts.method.as_str().to_ascii_lowercase(),
+            code: resp.status().as_u16(),
+            push,
+        });
+    }
+    resp
+}
+
+/// client_golang's `computeApproximateRequestSize`: URL, method, protocol, header names and
+/// values, host, plus the body bytes received (upstream adds `Content-Length` instead, which
+/// is -1, i.e. nothing, for chunked bodies).
+fn approximate_request_size(parts: &Parts, body: usize) -> f64 {
+    let mut s = parts.uri.to_string().len() + parts.method.as_str().len() + 8;
+    for (name, value) in &parts.headers {
+        if name == http::header::HOST {
+            continue;
+        }
+        s += name.as_str().len() + value.len();
+    }
+    s += parts.headers.get(http::header::HOST).map_or(0, |h| h.len());
+    (s + body) as f64
+}
+
+async fn handle(
+    app: &Arc<App>,
+    parts: &Parts,
+    body: axum::body::Body,
+) -> (Response, Option<Instrument>) {
+    let raw = parts.uri.path();
+    if raw == "*" {
+        // Go's server answers `OPTIONS *` itself and refuses other methods with it.
+        let status = if parts.method == Method::OPTIONS {
+            StatusCode::OK
+        } else {
+            StatusCode::BAD_REQUEST
+        };
+        return (resp::empty(status), None);
+    }
+    let Some(decoded) = path::percent_decode(raw.as_bytes()) else {
+        return (
+            resp::plain(
+                StatusCode::BAD_REQUEST,
+                "400 Bad Request: invalid URL escape",
+            ),
+            None,
+        );
+    };
+    let cleaned = path::clean(&decoded, true);
+    if cleaned == app.api_base {
+        let mut to = cleaned;
+        to.push(b'/');
+        return (redirect(parts, StatusCode::MOVED_PERMANENTLY, &to), None);
+    }
+    if cleaned != decoded {
+        return (
+            redirect(parts, StatusCode::MOVED_PERMANENTLY, &cleaned),
+            None,
+        );
+    }
+    let path = cleaned;
+    if path.len() > app.api_base.len()
+        && path.starts_with(&app.api_base)
+        && path[app.api_base.len()] == b'/'
+    {
+        return api::handle(app, parts, body, &path, app.api_base.len()).await;
+    }
+
+    let max = app.settings.max_body_bytes;
+    let mut body = BufferedBody::new(body);
+    if content_encoding(parts).is_some_and(|ce| ce.eq_ignore_ascii_case("gzip")) {
+        let prefix = match body.prefix(10, max).await {
+            Ok(p) => p,
+            Err(e) => return (push::read_error(e, max), None),
+        };
+        if let Some(msg) = body::gzip_header_error(prefix) {
+            return (resp::error(StatusCode::BAD_REQUEST, msg), None);
+        }
+    }
+
+    let (route, caps) = match app.main.route(&parts.method, &path) {
+        Outcome::Match(route, caps) => (route, caps),
+        other => return (table_response(parts, other), None),
+    };
+    match route {
+        MainRoute::Push(b64) => {
+            let mut caps = caps.into_iter();
+            let job = caps.next().unwrap_or_default();
+            let labels = caps.next().unwrap_or_default();
+            if parts.method == Method::DELETE {
+                let r = push::delete(app, &job, b64, &labels).await;
+                (r, Instrument::handler("delete"))
+            } else {
+                let (r, received) = push::push(app, parts, body, &job, b64, &labels).await;
+                let i = Instrument {
+                    handler: "push",
+                    push_body: Some(received),
+                };
+                (r, Some(i))
+            }
+        }
+        MainRoute::Healthy => (
+            resp::plain(StatusCode::OK, "OK"),
+            Instrument::handler("healthy"),
+        ),
+        MainRoute::Ready => {
+            // Cluster-aware readiness (leader known, caught up) will grow from here.
+            let _status = app.node.status();
+            (
+                resp::plain(StatusCode::OK, "OK"),
+                Instrument::handler("ready"),
+            )
+        }
+        MainRoute::Telemetry => (scrape::telemetry(app, parts).await, None),
+        MainRoute::SelfMetrics => (scrape::self_metrics(app, parts).await, None),
+        MainRoute::Static => (
+            crate::ui::static_asset(&caps),
+            Instrument::handler("static"),
+        ),
+        MainRoute::Status => (crate::ui::page(app).await, Instrument::handler("status")),
+        MainRoute::Quit => (quit(app), None),
+        MainRoute::QuitGet => (
+            resp::plain(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "Only POST or PUT requests allowed.",
+            ),
+            None,
+        ),
+    }
+}
+
+fn quit(app: &App) -> Response {
+    if !app.settings.enable_lifecycle {
+        return resp::plain(StatusCode::FORBIDDEN, "Lifecycle API is not enabled.");
+    }
+    tracing::warn!("received termination request via web service, exiting gracefully...");
+    // The response is in flight, so the graceful shutdown lets it complete.
+    app.quit.send_replace(true);
+    resp::plain(StatusCode::OK, "Requesting termination... Goodbye!")
+}
+
+/// `404 page not found` (for other modules).
+pub(crate) fn not_found() -> Response {
+    resp::not_found()
+}
+
+/// A 500 with `msg` (for other modules).
+pub(crate) fn internal_error(msg: &str) -> Response {
+    resp::error(StatusCode::INTERNAL_SERVER_ERROR, msg)
+}
+
+/// The `Content-Encoding` header, if present and text.
+fn content_encoding(parts: &Parts) -> Option<&str> {
+    parts
+        .headers
+        .get(http::header::CONTENT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+}
+
+/// A redirect to decoded path `to`, escaped as Go does, keeping the query string.
+fn redirect(parts: &Parts, status: StatusCode, to: &[u8]) -> Response {
+    let mut location = path::escape(to);
+    if let Some(q) = parts.uri.query() {
+        location.push('?');
+        location.push_str(q);
+    }
+    resp::redirect(status, &location, &parts.method)
+}
+
+/// The response for a table outcome other than a match.
+fn table_response<K>(parts: &Parts, outcome: Outcome<K>) -> Response {
+    match outcome {
+        Outcome::Match(..) | Outcome::NotFound => resp::not_found(),
+        Outcome::Redirect(code, to) => {
+            let status = StatusCode::from_u16(code).unwrap_or(StatusCode::MOVED_PERMANENTLY);
+            redirect(parts, status, &to)
+        }
+        Outcome::Options(allow) => resp::options(&allow),
+        Outcome::MethodNotAllowed(allow) => resp::method_not_allowed(&allow),
+    }
+}
+
+/// Runs CPU-heavy work (parsing or rendering large bodies) on the blocking pool when `big`,
+/// inline otherwise. `None` if the work panicked (the request fails, the server goes on).
+pub(crate) async fn offload<T: Send + 'static>(
+    big: bool,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Option<T> {
+    if big {
+        tokio::task::spawn_blocking(f).await.ok()
+    } else {
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).ok()
+    }
+}

@@ -1,0 +1,230 @@
+//! Writes: PUT/POST pushes, DELETE of a group, and the admin wipe (spec §3, §4, §5).
+//!
+//! The receiving node does what needs no store: the URL grammar, reading the body within
+//! `--push.max-body-bytes`, Content-Encoding decoding and parsing, and stamping the receive
+//! time. Everything that depends on the store (the consistency check) happens in the
+//! replicated `apply`, whose outcome comes back through [`pgw_raft::Node::write`] once the
+//! command is committed on a quorum and applied here.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use axum::response::Response;
+use http::StatusCode;
+use http::header::{self, HeaderName};
+use http::request::Parts;
+use pgw_core::body::BodyError;
+use pgw_core::command::{Payload, Push};
+use pgw_core::text::ParseError;
+use pgw_core::{Command, CommandResponse, GroupingKey};
+use pgw_raft::WriteError;
+
+use super::body::{BufferedBody, ReadError};
+use super::{App, offload, resp};
+
+/// Bodies larger than this are decoded and parsed on the blocking pool.
+const OFFLOAD_BYTES: usize = 256 * 1024;
+
+/// 413 or 400 for a body that could not be read.
+pub(super) fn read_error(e: ReadError, max: usize) -> Response {
+    match e {
+        ReadError::TooLarge => too_large(max),
+        ReadError::Io(msg) => resp::error(StatusCode::BAD_REQUEST, &msg),
+    }
+}
+
+fn too_large(max: usize) -> Response {
+    Refusal::too_large(max).response()
+}
+
+/// A request refused before it became a command: status and `http.Error` message.
+struct Refusal {
+    status: StatusCode,
+    msg: String,
+}
+
+impl Refusal {
+    fn bad_request(msg: impl ToString) -> Self {
+        Refusal {
+            status: StatusCode::BAD_REQUEST,
+            msg: msg.to_string(),
+        }
+    }
+
+    fn too_large(max: usize) -> Self {
+        Refusal {
+            status: StatusCode::PAYLOAD_TOO_LARGE,
+            msg: BodyError::TooLarge { limit: max }.to_string(),
+        }
+    }
+
+    fn response(self) -> Response {
+        resp::error(self.status, &self.msg)
+    }
+}
+
+fn parse_key(job: &[u8], b64: bool, labels: &[u8]) -> Result<GroupingKey, Refusal> {
+    pgw_core::key::parse(job, b64, labels).map_err(|e| {
+        tracing::debug!(err = %e, "failed to parse URL");
+        Refusal::bad_request(e)
+    })
+}
+
+fn header_str(parts: &Parts, name: HeaderName) -> Option<&str> {
+    parts.headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// Receive time in ns since the Unix epoch.
+fn now_ns() -> i64 {
+    i64::try_from(crate::timefmt::unix_nanos(SystemTime::now())).unwrap_or(i64::MAX)
+}
+
+/// PUT (`replace`) or POST to a push path. Returns the response and the number of body
+/// bytes received (for the push size metric).
+pub(super) async fn push(
+    app: &Arc<App>,
+    parts: &Parts,
+    body: BufferedBody,
+    job: &[u8],
+    b64: bool,
+    labels: &[u8],
+) -> (Response, usize) {
+    let key = match parse_key(job, b64, labels) {
+        Ok(k) => k,
+        Err(r) => return (r.response(), 0),
+    };
+    let max = app.settings.max_body_bytes;
+    // Refuse an announced oversized body before reading any of it.
+    let announced = header_str(parts, header::CONTENT_LENGTH).and_then(|v| v.parse::<u64>().ok());
+    if announced.is_some_and(|n| n > max as u64) {
+        return (too_large(max), 0);
+    }
+    let raw = match body.read_all(max).await {
+        Ok(b) => b,
+        Err(e) => return (read_error(e, max), 0),
+    };
+    let received = raw.len();
+    let encoding = header_str(parts, header::CONTENT_ENCODING).map(str::to_string);
+    let content_type = header_str(parts, header::CONTENT_TYPE).map(str::to_string);
+    let replace = parts.method == http::Method::PUT;
+    let check = app.settings.check_consistency;
+    let parsed = offload(raw.len() > OFFLOAD_BYTES, move || {
+        build_command(
+            key,
+            replace,
+            check,
+            encoding.as_deref(),
+            content_type.as_deref(),
+            &raw,
+            max,
+        )
+    })
+    .await;
+    let cmd = match parsed {
+        Some(Ok(cmd)) => cmd,
+        Some(Err(r)) => return (r.response(), received),
+        None => {
+            return (
+                resp::error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal error parsing the push",
+                ),
+                received,
+            );
+        }
+    };
+    let ok = if check {
+        StatusCode::OK
+    } else {
+        StatusCode::ACCEPTED
+    };
+    (write(app, cmd, ok, &parts.method).await, received)
+}
+
+/// Decodes and parses a push body into its command, or the 4xx response.
+fn build_command(
+    key: GroupingKey,
+    replace: bool,
+    check: bool,
+    encoding: Option<&str>,
+    content_type: Option<&str>,
+    raw: &[u8],
+    max: usize,
+) -> Result<Command, Refusal> {
+    let decoded = match pgw_core::body::decode(encoding, raw, max) {
+        Ok(d) => d,
+        Err(BodyError::TooLarge { .. }) => return Err(Refusal::too_large(max)),
+        Err(e) => return Err(Refusal::bad_request(e)),
+    };
+    let families = if pgw_core::body::is_delimited_protobuf(content_type) {
+        pgw_core::delimited::decode(&decoded).map_err(Refusal::bad_request)?
+    } else {
+        match pgw_core::text::parse(&decoded) {
+            Ok(f) => f,
+            Err(ParseError::NotUtf8(msg)) => {
+                // Syntactically fine: a failed push the store records (spec §5.2).
+                return Ok(Command::Push(Push {
+                    key,
+                    replace,
+                    time_ns: now_ns(),
+                    check,
+                    payload: Payload::Invalid(msg),
+                }));
+            }
+            Err(e @ ParseError::Syntax { .. }) => {
+                tracing::debug!(err = %e, "failed to parse text");
+                return Err(Refusal::bad_request(e));
+            }
+        }
+    };
+    Ok(Command::Push(Push::new(
+        key,
+        replace,
+        now_ns(),
+        check,
+        &families,
+    )))
+}
+
+/// DELETE of one group: 202 once committed.
+pub(super) async fn delete(app: &Arc<App>, job: &[u8], b64: bool, labels: &[u8]) -> Response {
+    let key = match parse_key(job, b64, labels) {
+        Ok(k) => k,
+        Err(r) => return r.response(),
+    };
+    write(
+        app,
+        Command::Delete { key },
+        StatusCode::ACCEPTED,
+        &http::Method::DELETE,
+    )
+    .await
+}
+
+/// Admin wipe: 202 once committed.
+pub(super) async fn wipe(app: &Arc<App>) -> Response {
+    tracing::debug!("start wiping metric store");
+    write(app, Command::Wipe, StatusCode::ACCEPTED, &http::Method::PUT).await
+}
+
+/// Replicates `cmd` and maps the outcome: `ok` when applied, 400 when rejected, 503 (with
+/// `Retry-After`) without a leader or while shutting down, 500 on a fatal error.
+async fn write(app: &App, cmd: Command, ok: StatusCode, method: &http::Method) -> Response {
+    match app.node.write(cmd).await {
+        Ok(CommandResponse::Applied) => resp::empty(ok),
+        Ok(CommandResponse::Rejected(msg)) => {
+            tracing::warn!(%method, err = %msg, "pushed metrics are invalid or inconsistent with existing metrics");
+            resp::error(StatusCode::BAD_REQUEST, &msg)
+        }
+        Err(e @ (WriteError::Unavailable(_) | WriteError::ShuttingDown)) => {
+            tracing::warn!(err = %e, "write not accepted");
+            let mut r = resp::error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string());
+            resp::set(&mut r, header::RETRY_AFTER, "1");
+            r
+        }
+        Err(e @ WriteError::Fatal(_)) => {
+            tracing::error!(err = %e, "write failed");
+            resp::error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string())
+        }
+    }
+}
