@@ -23,6 +23,84 @@ pub struct ReservedFamily {
 /// The self-metrics of a pgw node, by name.
 pub const RESERVED: &[ReservedFamily] = &[
     ReservedFamily {
+        name: "pgw_cluster_forwarded_writes_total",
+        r#type: MetricType::Counter,
+        help: "Writes (pushes, deletes, wipes) this node forwarded to the Raft leader.",
+        present_at_start: true,
+    },
+    ReservedFamily {
+        name: "pgw_cluster_pending_writes",
+        r#type: MetricType::Gauge,
+        help: "Writes this node has proposed or forwarded and not answered yet.",
+        present_at_start: true,
+    },
+    ReservedFamily {
+        name: "pgw_raft_applied_index",
+        r#type: MetricType::Gauge,
+        help: "Highest Raft log index applied to this node's store.",
+        present_at_start: true,
+    },
+    ReservedFamily {
+        name: "pgw_raft_commit_index",
+        r#type: MetricType::Gauge,
+        help: "Highest Raft log index this node knows to be committed.",
+        present_at_start: true,
+    },
+    ReservedFamily {
+        name: "pgw_raft_is_leader",
+        r#type: MetricType::Gauge,
+        help: "1 if this node is the Raft leader, else 0.",
+        present_at_start: true,
+    },
+    ReservedFamily {
+        name: "pgw_raft_last_log_index",
+        r#type: MetricType::Gauge,
+        help: "Index of the last entry in this node's Raft log.",
+        present_at_start: true,
+    },
+    ReservedFamily {
+        name: "pgw_raft_leader_changes_total",
+        r#type: MetricType::Counter,
+        help: "Times this node saw the Raft leader change (including to none).",
+        present_at_start: true,
+    },
+    ReservedFamily {
+        name: "pgw_raft_leader_id",
+        r#type: MetricType::Gauge,
+        help: "Id of the Raft leader this node knows, 0 if none.",
+        present_at_start: true,
+    },
+    ReservedFamily {
+        name: "pgw_raft_replication_lag_entries",
+        r#type: MetricType::Gauge,
+        help: "Entries a member is behind the leader's last log index (reported by the leader only).",
+        present_at_start: true,
+    },
+    ReservedFamily {
+        name: "pgw_raft_snapshot_index",
+        r#type: MetricType::Gauge,
+        help: "Last Raft log index included in this node's latest snapshot.",
+        present_at_start: true,
+    },
+    ReservedFamily {
+        name: "pgw_raft_snapshot_size_bytes",
+        r#type: MetricType::Gauge,
+        help: "Size of this node's latest snapshot file.",
+        present_at_start: true,
+    },
+    ReservedFamily {
+        name: "pgw_raft_snapshots_total",
+        r#type: MetricType::Counter,
+        help: "Snapshots this node built or installed since it started.",
+        present_at_start: true,
+    },
+    ReservedFamily {
+        name: "pgw_raft_term",
+        r#type: MetricType::Gauge,
+        help: "Current Raft term of this node.",
+        present_at_start: true,
+    },
+    ReservedFamily {
         name: "process_cpu_seconds_total",
         r#type: MetricType::Counter,
         help: "Total user and system CPU time spent in seconds.",
@@ -90,7 +168,7 @@ pub const RESERVED: &[ReservedFamily] = &[
     },
 ];
 
-/// Looks a name up in [`RESERVED`].
+/// Looks a name up in [`RESERVED`] (sorted by name; a unit test checks that).
 pub fn reserved(name: &str) -> Option<&'static ReservedFamily> {
     RESERVED
         .binary_search_by(|r| r.name.cmp(name))
@@ -314,4 +392,21 @@ pub fn split_suffix(name: &str) -> Option<(&str, &'static str)> {
         }
     }
     None
+}
+
+#[cfg(test)]
+mod reserved_tests {
+    use super::*;
+
+    #[test]
+    fn reserved_table_is_sorted_and_unique() {
+        for w in RESERVED.windows(2) {
+            assert!(w[0].name < w[1].name, "{} must sort before {}", w[0].name, w[1].name);
+        }
+        for r in RESERVED {
+            assert_eq!(reserved(r.name).map(|x| x.name), Some(r.name));
+            assert!(is_metric_name(r.name));
+        }
+        assert!(reserved("pushgateway_nope").is_none());
+    }
 }

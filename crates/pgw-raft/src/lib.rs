@@ -21,6 +21,7 @@ pub mod network;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use openraft::error::{ClientWriteError, RaftError};
@@ -137,12 +138,50 @@ pub struct NodeStatus {
     pub role: String,
 }
 
+/// Node-local counters for the cluster self-metrics.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Writes forwarded to the leader.
+    pub forwarded_writes: AtomicU64,
+    /// Writes proposed or forwarded and not answered yet.
+    pub pending_writes: AtomicI64,
+    /// Leader changes seen.
+    pub leader_changes: AtomicU64,
+    /// Snapshots built or installed.
+    pub snapshots: AtomicU64,
+}
+
+struct PendingGuard<'a>(&'a AtomicI64);
+
+impl Drop for PendingGuard<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A cluster member as this node sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MemberInfo {
+    /// Node id.
+    pub id: u64,
+    /// gRPC address.
+    pub raft_addr: String,
+    /// HTTP address ("" when unknown, e.g. peers of a static cluster).
+    pub http_addr: String,
+    /// Voter (true) or learner.
+    pub voter: bool,
+    /// Entries this member is behind the leader's last log index; only known on the leader.
+    pub lag: Option<u64>,
+}
+
 /// State shared by the node and its gRPC services.
 pub(crate) struct NodeShared {
     pub(crate) id: NodeId,
     pub(crate) http_addr: String,
     /// The commit index the log store last saw (openraft 0.9 publishes none in its metrics).
     pub(crate) committed: Arc<std::sync::atomic::AtomicU64>,
+    pub(crate) counters: Counters,
+    pub(crate) storage_path: PathBuf,
 }
 
 impl NodeShared {
@@ -165,6 +204,27 @@ pub struct Node {
     grpc_stop: watch::Sender<bool>,
     grpc_task: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
     bootstrap_task: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    watcher: tokio::task::JoinHandle<()>,
+}
+
+/// Counts leader changes and snapshots from openraft's metrics stream, until Raft stops.
+async fn watch_metrics(raft: PgwRaft, shared: Arc<NodeShared>) {
+    let mut rx = raft.metrics();
+    let (mut leader, mut snapshot) = {
+        let m = rx.borrow();
+        (m.current_leader, m.snapshot)
+    };
+    while rx.changed().await.is_ok() {
+        let m = rx.borrow().clone();
+        if m.current_leader != leader {
+            leader = m.current_leader;
+            shared.counters.leader_changes.fetch_add(1, Ordering::Relaxed);
+        }
+        if m.snapshot != snapshot {
+            snapshot = m.snapshot;
+            shared.counters.snapshots.fetch_add(1, Ordering::Relaxed);
+        }
+    }
 }
 
 impl Node {
@@ -201,7 +261,14 @@ impl Node {
             state_machine,
         )
         .await?;
-        let shared = Arc::new(NodeShared { id: config.id, http_addr: config.http_addr.clone(), committed });
+        let shared = Arc::new(NodeShared {
+            id: config.id,
+            http_addr: config.http_addr.clone(),
+            committed,
+            counters: Counters::default(),
+            storage_path: config.storage_path.clone(),
+        });
+        let watcher = tokio::spawn(watch_metrics(raft.clone(), shared.clone()));
         let (grpc_stop, stop_rx) = watch::channel(false);
         let grpc_task = grpc.map(|listener| {
             let raft_svc = RaftServiceServer::new(grpc::RaftGrpc::new(raft.clone()))
@@ -233,6 +300,7 @@ impl Node {
             grpc_stop,
             grpc_task: std::sync::Mutex::new(grpc_task),
             bootstrap_task: std::sync::Mutex::new(None),
+            watcher,
         };
         let me = pgw_store::Node { raft_addr: config.raft_addr.clone(), http_addr: config.http_addr.clone() };
         match config.bootstrap.clone() {
@@ -242,11 +310,16 @@ impl Node {
                     initialize(&node.raft, members).await?;
                     tracing::info!(id = config.id, "initialised a new single-node cluster");
                 }
-                node.raft
-                    .wait(Some(Duration::from_secs(30)))
-                    .metrics(|m| m.current_leader.is_some(), "a leader is elected")
-                    .await
-                    .map_err(|e| anyhow::anyhow!("no leader after start: {e}"))?;
+                // A node of a larger cluster restarted without its cluster flags still finds
+                // its peers from the stored membership; only a single voter must lead now.
+                let voters = grpc::voter_ids(&node.raft);
+                if voters.len() <= 1 {
+                    node.raft
+                        .wait(Some(Duration::from_secs(30)))
+                        .metrics(|m| m.current_leader.is_some(), "a leader is elected")
+                        .await
+                        .map_err(|e| anyhow::anyhow!("no leader after start: {e}"))?;
+                }
             }
             Bootstrap::Static(peers) => {
                 if !node.raft.is_initialized().await? {
@@ -282,6 +355,8 @@ impl Node {
     /// from this node afterwards sees its write. While no leader is known it retries until
     /// `--cluster.write-timeout` has passed.
     pub async fn write(&self, cmd: Command) -> Result<CommandResponse, WriteError> {
+        self.shared.counters.pending_writes.fetch_add(1, Ordering::Relaxed);
+        let _pending = PendingGuard(&self.shared.counters.pending_writes);
         let deadline = Instant::now() + self.write_timeout;
         let mut backoff = Duration::from_millis(10);
         loop {
@@ -326,6 +401,7 @@ impl Node {
         cmd: &Command,
         left: Duration,
     ) -> Result<Option<(CommandResponse, u64)>, String> {
+        self.shared.counters.forwarded_writes.fetch_add(1, Ordering::Relaxed);
         let mut client = self.channels.raft_client(addr)?;
         let req = ForwardWriteRequest { command: cmd.encode().into() };
         let reply = match tokio::time::timeout(left, client.forward_write(req)).await {
@@ -419,6 +495,39 @@ impl Node {
         }
     }
 
+    /// Every member of the current membership (voters first, by id), with replication lag
+    /// when this node leads.
+    pub fn members(&self) -> Vec<MemberInfo> {
+        let m = self.raft.metrics().borrow().clone();
+        let last = m.last_log_index.unwrap_or(0);
+        grpc::members_of(&self.raft)
+            .into_iter()
+            .map(|mem| {
+                let lag = m.replication.as_ref().map(|r| {
+                    r.get(&mem.id)
+                        .map_or(last, |matched| last.saturating_sub(matched.map_or(0, |l| l.index)))
+                });
+                MemberInfo {
+                    id: mem.id,
+                    raft_addr: mem.raft_address,
+                    http_addr: mem.http_address,
+                    voter: mem.voter,
+                    lag,
+                }
+            })
+            .collect()
+    }
+
+    /// Node-local counters (forwarded and pending writes, leader changes, snapshots).
+    pub fn counters(&self) -> &Counters {
+        &self.shared.counters
+    }
+
+    /// Size of the latest snapshot file, if any.
+    pub fn snapshot_size(&self) -> Option<u64> {
+        std::fs::metadata(self.shared.storage_path.join("snapshot.bin")).ok().map(|m| m.len())
+    }
+
     /// The openraft handle (for the gRPC services, metrics and tests).
     pub fn raft(&self) -> &PgwRaft {
         &self.raft
@@ -436,6 +545,7 @@ impl Node {
             t.abort();
         }
         let result = self.raft.shutdown().await.map_err(|e| anyhow::anyhow!("raft shutdown: {e}"));
+        self.watcher.abort();
         let _ = self.grpc_stop.send(true);
         let task = lock(&self.grpc_task).take();
         if let Some(t) = task {
@@ -483,13 +593,17 @@ async fn static_bootstrap(
         }
         let mut reachable = 1; // this node
         let mut initialised_elsewhere = false;
+        let mut http_addrs: BTreeMap<NodeId, String> = BTreeMap::new();
         for (peer, addr) in peers.iter().filter(|(p, _)| **p != id) {
             match admin_status(&channels, addr).await {
                 Ok(s) if !s.members.is_empty() => {
                     tracing::info!(peer, "peer already belongs to an initialised cluster; not initialising");
                     initialised_elsewhere = true;
                 }
-                Ok(_) => reachable += 1,
+                Ok(s) => {
+                    reachable += 1;
+                    http_addrs.insert(*peer, s.http_address);
+                }
                 Err(e) => tracing::debug!(peer, error = %e, "peer not reachable yet"),
             }
         }
@@ -503,7 +617,10 @@ async fn static_bootstrap(
                     let node = if *p == id {
                         me.clone()
                     } else {
-                        pgw_store::Node { raft_addr: addr.clone(), http_addr: String::new() }
+                        pgw_store::Node {
+                            raft_addr: addr.clone(),
+                            http_addr: http_addrs.get(p).cloned().unwrap_or_default(),
+                        }
                     };
                     (*p, node)
                 })

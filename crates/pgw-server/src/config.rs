@@ -158,6 +158,41 @@ pub struct Config {
     )]
     pub snapshot_every: u64,
 
+    /// This node's id in the cluster (a positive integer, unique per cluster). Required with
+    /// --cluster.peers and --cluster.join.
+    #[arg(long = "cluster.node-id", value_name = "ID", help_heading = "Cluster")]
+    pub node_id: Option<u64>,
+
+    /// Static cluster: every voter as `id=host:port` (their gRPC addresses), comma-separated,
+    /// this node included. The lowest id initialises the cluster once.
+    #[arg(long = "cluster.peers", value_name = "ID=HOST:PORT,...", help_heading = "Cluster")]
+    pub peers: Option<String>,
+
+    /// Dynamic membership: join the cluster that the member at this gRPC address (or these,
+    /// comma-separated) belongs to, as a learner promoted to voter once caught up.
+    #[arg(long = "cluster.join", value_name = "HOST:PORT[,...]", help_heading = "Cluster")]
+    pub join: Option<String>,
+
+    /// Address of the internal gRPC port (Raft, forwarded writes, admin; for trusted peers
+    /// only). Opened in a cluster, or in a single node when given. Default `:9095`.
+    #[arg(long = "cluster.listen-address", value_name = "ADDR", help_heading = "Cluster")]
+    pub cluster_listen_address: Option<String>,
+
+    /// The gRPC address other members and pgwctl reach this node at. Default: this node's
+    /// entry in --cluster.peers, else --cluster.listen-address.
+    #[arg(long = "cluster.advertise-address", value_name = "HOST:PORT", help_heading = "Cluster")]
+    pub advertise_address: Option<String>,
+
+    /// Raft heartbeat interval.
+    #[arg(long = "raft.heartbeat-interval", default_value = "100ms", value_parser = parse_duration,
+          value_name = "DURATION", help_heading = "Cluster")]
+    pub heartbeat_interval: Duration,
+
+    /// Raft election timeout (the minimum; each node draws from [t, 2t)).
+    #[arg(long = "raft.election-timeout", default_value = "500ms", value_parser = parse_duration,
+          value_name = "DURATION", help_heading = "Cluster")]
+    pub election_timeout: Duration,
+
     /// Refused: pgw always persists every acknowledged write under --storage.path.
     #[arg(long = "persistence.file", help_heading = REFUSED, value_name = "FILE")]
     pub persistence_file: Option<String>,
@@ -229,6 +264,24 @@ pub enum ConfigError {
     /// Zero or nonsensical numbers.
     #[error("--{0} must be greater than zero")]
     Zero(&'static str),
+    /// Inconsistent or malformed cluster flags.
+    #[error("{0}")]
+    Cluster(String),
+}
+
+/// How this node finds its cluster, resolved from the cluster flags.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClusterSettings {
+    /// This node's id (1 when no cluster flags are given).
+    pub node_id: u64,
+    /// `--cluster.peers`, parsed (empty unless static).
+    pub peers: BTreeMap<u64, String>,
+    /// `--cluster.join` targets (empty unless joining).
+    pub join: Vec<String>,
+    /// Where to open the gRPC port, if at all.
+    pub listen_address: Option<String>,
+    /// The gRPC address advertised to the cluster ("" when the port is not opened).
+    pub advertise_address: String,
 }
 
 /// What the HTTP layer needs, resolved from a validated [`Config`].
@@ -252,6 +305,8 @@ pub struct Settings {
     pub flags: BTreeMap<String, String>,
     /// Notes for the operator about accepted-but-ignored flags (logged at start).
     pub warnings: Vec<String>,
+    /// The cluster flags, resolved.
+    pub cluster: ClusterSettings,
 }
 
 impl Config {
@@ -338,6 +393,7 @@ impl Config {
             return Err(ConfigError::Zero("raft.snapshot-every"));
         }
 
+        let cluster = self.cluster_settings()?;
         let route_prefix = compute_route_prefix(&self.route_prefix, &self.external_url);
         let telemetry_path = join_path(&route_prefix, &self.telemetry_path);
         let self_metrics_path = self
@@ -363,7 +419,101 @@ impl Config {
             check_consistency: !self.consistency_check_disabled(),
             max_body_bytes: self.max_body_bytes,
             warnings,
+            cluster,
         })
+    }
+
+    /// Resolves and checks the cluster flags.
+    fn cluster_settings(&self) -> Result<ClusterSettings, ConfigError> {
+        let err = |m: String| Err(ConfigError::Cluster(m));
+        if self.heartbeat_interval.is_zero() {
+            return Err(ConfigError::Zero("raft.heartbeat-interval"));
+        }
+        if self.election_timeout <= self.heartbeat_interval * 2 {
+            return err(format!(
+                "--raft.election-timeout ({}) must be more than twice --raft.heartbeat-interval ({})",
+                format_duration(self.election_timeout),
+                format_duration(self.heartbeat_interval)
+            ));
+        }
+        if self.peers.is_some() && self.join.is_some() {
+            return err("--cluster.peers and --cluster.join are exclusive: use peers for a \
+                        static cluster, join to add this node to a running one"
+                .into());
+        }
+        let clustered = self.peers.is_some() || self.join.is_some();
+        if self.node_id == Some(0) {
+            return err("--cluster.node-id must be a positive integer".into());
+        }
+        let node_id = match (self.node_id, clustered) {
+            (Some(id), _) => id,
+            (None, false) => 1,
+            (None, true) => {
+                return err("--cluster.node-id is required with --cluster.peers or --cluster.join".into());
+            }
+        };
+        let mut peers = BTreeMap::new();
+        if let Some(spec) = &self.peers {
+            for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+                let Some((id, addr)) = part.split_once('=') else {
+                    return err(format!("--cluster.peers: {part:?} is not id=host:port"));
+                };
+                let Ok(id) = id.trim().parse::<u64>() else {
+                    return err(format!("--cluster.peers: {id:?} is not a node id"));
+                };
+                if id == 0 {
+                    return err("--cluster.peers: node ids start at 1".into());
+                }
+                let addr = addr.trim();
+                if !valid_host_port(addr) {
+                    return err(format!("--cluster.peers: {addr:?} is not host:port"));
+                }
+                if peers.insert(id, addr.to_string()).is_some() {
+                    return err(format!("--cluster.peers names node {id} twice"));
+                }
+            }
+            if !peers.contains_key(&node_id) {
+                return err(format!(
+                    "--cluster.peers must include this node (--cluster.node-id {node_id})"
+                ));
+            }
+        }
+        let join: Vec<String> = self
+            .join
+            .iter()
+            .flat_map(|j| j.split(','))
+            .map(str::trim)
+            .filter(|j| !j.is_empty())
+            .map(str::to_string)
+            .collect();
+        if self.join.is_some() && join.is_empty() {
+            return err("--cluster.join needs at least one host:port".into());
+        }
+        if let Some(bad) = join.iter().find(|j| !valid_host_port(j)) {
+            return err(format!("--cluster.join: {bad:?} is not host:port"));
+        }
+        let listen_address = match (&self.cluster_listen_address, clustered) {
+            (Some(a), _) => Some(a.clone()),
+            (None, true) => Some(":9095".to_string()),
+            (None, false) => None,
+        };
+        let advertise_address = match (&self.advertise_address, &listen_address) {
+            (_, None) => String::new(),
+            (Some(a), Some(_)) => a.clone(),
+            (None, Some(listen)) => match peers.get(&node_id) {
+                Some(a) => a.clone(),
+                None if listen_host_is_specific(listen) => listen.clone(),
+                None if self.join.is_some() => {
+                    return err(format!(
+                        "--cluster.advertise-address is required with --cluster.join when \
+                         --cluster.listen-address ({listen}) is not a specific host"
+                    ));
+                }
+                // A single node with a gRPC port: only pgwctl talks to it.
+                None => listen.clone(),
+            },
+        };
+        Ok(ClusterSettings { node_id, peers, join, listen_address, advertise_address })
     }
 
     /// Every flag under its upstream name with its value as a string (spec §9.1): booleans
@@ -396,7 +546,14 @@ impl Config {
         put("web.systemd-socket", String::new());
         put("web.telemetry-path", self.telemetry_path.clone());
         // pgw's own flags.
+        put("cluster.advertise-address", self.advertise_address.clone().unwrap_or_default());
+        put("cluster.join", self.join.clone().unwrap_or_default());
+        put("cluster.listen-address", self.cluster_listen_address.clone().unwrap_or_default());
+        put("cluster.node-id", self.node_id.map(|i| i.to_string()).unwrap_or_default());
+        put("cluster.peers", self.peers.clone().unwrap_or_default());
         put("cluster.write-timeout", format_duration(self.write_timeout));
+        put("raft.election-timeout", format_duration(self.election_timeout));
+        put("raft.heartbeat-interval", format_duration(self.heartbeat_interval));
         put("push.max-body-bytes", self.max_body_bytes.to_string());
         put("raft.snapshot-every", self.snapshot_every.to_string());
         put("storage.path", self.storage_path.display().to_string());
@@ -405,6 +562,22 @@ impl Config {
             self.self_metrics_path.clone().unwrap_or_default(),
         );
         f
+    }
+}
+
+/// Whether `s` looks like `host:port` (host may be `[v6]`, port numeric).
+fn valid_host_port(s: &str) -> bool {
+    match s.rsplit_once(':') {
+        Some((host, port)) => !host.is_empty() && port.parse::<u16>().is_ok() && !host.contains('/'),
+        None => false,
+    }
+}
+
+/// Whether a listen address names a host others can dial (not `:port`, `0.0.0.0`, `[::]`).
+fn listen_host_is_specific(listen: &str) -> bool {
+    match listen.rsplit_once(':') {
+        Some((host, _)) => !matches!(host, "" | "0.0.0.0" | "[::]" | "::"),
+        None => false,
     }
 }
 

@@ -28,7 +28,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use pgw_raft::{Node, NodeConfig};
+use pgw_raft::{Bootstrap, Node, NodeConfig};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -54,14 +54,44 @@ pub async fn run(
         tracing::warn!("{w}");
     }
     let local = listener.local_addr().ok();
+    let cluster = settings.cluster.clone();
     let mut node_config = NodeConfig::single(config.storage_path.clone());
+    node_config.id = cluster.node_id;
     node_config.write_timeout = config.write_timeout;
     node_config.snapshot_every = config.snapshot_every;
-    // A wildcard address (`:9091`) is not one a client can reach; leave it to the node.
-    if let Some(addr) = local.filter(|a| !a.ip().is_unspecified()) {
-        node_config.http_addr = addr.to_string();
+    node_config.heartbeat = config.heartbeat_interval;
+    node_config.election_timeout = config.election_timeout;
+    node_config.raft_addr = cluster.advertise_address.clone();
+    node_config.bootstrap = if !cluster.peers.is_empty() {
+        Bootstrap::Static(cluster.peers.clone())
+    } else if !cluster.join.is_empty() {
+        Bootstrap::Join(cluster.join.clone())
+    } else {
+        Bootstrap::Single
+    };
+    // A wildcard address (`:9091`) is not one a client can reach: advertise the gRPC host
+    // with the HTTP port then.
+    if let Some(addr) = local {
+        node_config.http_addr = if addr.ip().is_unspecified() {
+            match cluster.advertise_address.rsplit_once(':') {
+                Some((host, _)) if !host.is_empty() => format!("{host}:{}", addr.port()),
+                _ => String::new(),
+            }
+        } else {
+            addr.to_string()
+        };
     }
-    let node = Node::start(node_config, None)
+    let grpc = match &cluster.listen_address {
+        None => None,
+        Some(a) => Some(bind(a).await.with_context(|| {
+            format!("binding the cluster gRPC port --cluster.listen-address {a}")
+        })?),
+    };
+    if let Some(g) = &grpc {
+        tracing::info!(address = %g.local_addr().map_or_else(|_| "?".into(), |a| a.to_string()),
+            advertise = %cluster.advertise_address, node_id = cluster.node_id, "cluster gRPC listening");
+    }
+    let node = Node::start(node_config, grpc)
         .await
         .with_context(|| format!("starting the node on {}", config.storage_path.display()))?;
     let node = Arc::new(node);

@@ -21,6 +21,7 @@ pub(super) enum ApiRoute {
     Options,
     Status,
     Metrics,
+    Cluster,
     Wipe,
 }
 
@@ -30,6 +31,7 @@ pub(super) fn table(admin: bool) -> Table<ApiRoute> {
     t.add(&[Method::OPTIONS], vec![Part::CatchAll], ApiRoute::Options);
     t.add(&[Method::GET], vec![lit("/status")], ApiRoute::Status);
     t.add(&[Method::GET], vec![lit("/metrics")], ApiRoute::Metrics);
+    t.add(&[Method::GET], vec![lit("/cluster")], ApiRoute::Cluster);
     if admin {
         t.add(&[Method::PUT], vec![lit("/admin/wipe")], ApiRoute::Wipe);
     }
@@ -79,9 +81,12 @@ pub(super) async fn handle(
             (with_cors(status(app)), Instrument::handler("api/v1/status"))
         }
         Outcome::Match(ApiRoute::Metrics, _) => (
-            with_cors(metrics(app).await),
+            with_cors(metrics(app, parts.uri.query()).await),
             Instrument::handler("api/v1/metrics"),
         ),
+        Outcome::Match(ApiRoute::Cluster, _) => {
+            (with_cors(cluster(app)), Instrument::handler("api/v1/cluster"))
+        }
         Outcome::Redirect(code, to) => {
             // Upstream redirects to the path with `<prefix>/api/v1` stripped (a bug of
             // StripPrefix + httprouter); pgw keeps the full path.
@@ -162,8 +167,98 @@ fn go_json_escape(s: &str) -> String {
     out
 }
 
-/// `GET /api/v1/metrics`: every group with its families, from the local store.
-async fn metrics(app: &Arc<App>) -> Response {
+#[derive(Serialize)]
+struct ClusterData {
+    id: u64,
+    role: String,
+    term: u64,
+    leader: Option<u64>,
+    commit_index: u64,
+    applied_index: u64,
+    last_log_index: u64,
+    snapshot_index: u64,
+    members: Vec<ClusterMember>,
+}
+
+#[derive(Serialize)]
+struct ClusterMember {
+    id: u64,
+    raft_address: String,
+    http_address: String,
+    voter: bool,
+    /// Entries behind the leader's last log index; present only when this node leads.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    lag: Option<u64>,
+}
+
+/// `GET /api/v1/cluster`: this node's Raft view (pgw's own endpoint, no upstream
+/// counterpart).
+fn cluster(app: &App) -> Response {
+    let st = app.node.status();
+    let members = app
+        .node
+        .members()
+        .into_iter()
+        .map(|m| ClusterMember {
+            id: m.id,
+            raft_address: m.raft_addr,
+            http_address: m.http_addr,
+            voter: m.voter,
+            lag: m.lag,
+        })
+        .collect();
+    let env = Envelope {
+        status: "success",
+        data: ClusterData {
+            id: st.id,
+            role: st.role,
+            term: st.term,
+            leader: st.leader,
+            commit_index: st.commit_index,
+            applied_index: st.applied_index,
+            last_log_index: st.last_log_index,
+            snapshot_index: st.snapshot_index,
+            members,
+        },
+    };
+    match serde_json::to_vec(&env) {
+        Ok(b) => json(b),
+        Err(e) => resp::error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+    }
+}
+
+/// The `consistency` query parameter of `/api/v1/metrics`.
+fn consistency(query: Option<&str>) -> Result<bool, String> {
+    for pair in query.unwrap_or_default().split('&') {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        if k == "consistency" {
+            return match v {
+                "linearizable" => Ok(true),
+                "" | "local" => Ok(false),
+                other => Err(format!(
+                    "unknown consistency {other:?}: use \"local\" (the default) or \"linearizable\""
+                )),
+            };
+        }
+    }
+    Ok(false)
+}
+
+/// `GET /api/v1/metrics`: every group with its families, from the local store; with
+/// `?consistency=linearizable` only after a read-index barrier (every write acknowledged
+/// before the request is visible, on a follower too).
+async fn metrics(app: &Arc<App>, query: Option<&str>) -> Response {
+    match consistency(query) {
+        Err(msg) => return resp::error(StatusCode::BAD_REQUEST, &msg),
+        Ok(true) => {
+            if let Err(e) = app.node.linearizable_barrier().await {
+                let mut r = resp::error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string());
+                r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                return r;
+            }
+        }
+        Ok(false) => {}
+    }
     let node = app.node.clone();
     let big = node.read(|s| s.series_count()) > 20_000;
     let body = offload(big, move || {

@@ -263,14 +263,7 @@ async fn handle(
             resp::plain(StatusCode::OK, "OK"),
             Instrument::handler("healthy"),
         ),
-        MainRoute::Ready => {
-            // Cluster-aware readiness (leader known, caught up) will grow from here.
-            let _status = app.node.status();
-            (
-                resp::plain(StatusCode::OK, "OK"),
-                Instrument::handler("ready"),
-            )
-        }
+        MainRoute::Ready => (ready(app, parts), Instrument::handler("ready")),
         MainRoute::Telemetry => (scrape::telemetry(app, parts).await, None),
         MainRoute::SelfMetrics => (scrape::self_metrics(app, parts).await, None),
         MainRoute::Static => (
@@ -287,6 +280,46 @@ async fn handle(
             None,
         ),
     }
+}
+
+/// How many committed entries a node may still have to apply and count as caught up.
+pub const READY_MAX_LAG: u64 = 100;
+
+/// `/-/ready`: 200 `OK` (as upstream) when this node knows a Raft leader and has applied the
+/// leader's commit index (within [`READY_MAX_LAG`] entries), so a load balancer keeps lagging
+/// or cut-off nodes out. Otherwise 503 with each check listed (`[+]leader ok`,
+/// `[-]caught-up failed: ...`); `?verbose` lists them on success too.
+fn ready(app: &App, parts: &Parts) -> Response {
+    let st = app.node.status();
+    let leader_ok = st.has_leader;
+    let lag = st.commit_index.saturating_sub(st.applied_index);
+    let caught_up = lag <= READY_MAX_LAG;
+    let mut body = String::new();
+    if leader_ok {
+        body.push_str(&format!("[+]leader ok (node {})\n", st.leader.unwrap_or(0)));
+    } else {
+        body.push_str("[-]leader failed: no Raft leader known (election under way or no quorum reachable)\n");
+    }
+    if caught_up {
+        body.push_str(&format!("[+]caught-up ok (applied {}, committed {})\n", st.applied_index, st.commit_index));
+    } else {
+        body.push_str(&format!(
+            "[-]caught-up failed: applied {} of {} committed entries ({lag} behind)\n",
+            st.applied_index, st.commit_index
+        ));
+    }
+    let verbose = parts.uri.query().is_some_and(|q| q.split('&').any(|p| p == "verbose" || p.starts_with("verbose=")));
+    if leader_ok && caught_up {
+        if verbose {
+            body.push_str("OK");
+            return resp::plain(StatusCode::OK, body);
+        }
+        return resp::plain(StatusCode::OK, "OK");
+    }
+    body.push_str("not ready");
+    let mut r = resp::plain(StatusCode::SERVICE_UNAVAILABLE, body);
+    r.headers_mut().insert(http::header::RETRY_AFTER, http::HeaderValue::from_static("1"));
+    r
 }
 
 fn quit(app: &App) -> Response {

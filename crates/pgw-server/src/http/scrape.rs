@@ -37,12 +37,21 @@ enum Format {
     Protobuf,
 }
 
+/// Every node-local family: the upstream self-metrics plus the Raft and cluster ones,
+/// sorted by name.
+fn self_families(app: &App) -> Vec<MetricFamily> {
+    let mut fams = app.metrics.families();
+    fams.extend(crate::metrics::cluster_families(&app.node));
+    fams.sort_by(|a, b| a.name.cmp(&b.name));
+    fams
+}
+
 /// The exposition: the store plus the self-metrics, unless they have their own path.
 pub(super) async fn telemetry(app: &Arc<App>, parts: &Parts) -> Response {
     let extra = if app.settings.self_metrics_path.is_some() {
         Vec::new()
     } else {
-        app.metrics.families()
+        self_families(app)
     };
     let format = negotiate(parts.headers.get(header::ACCEPT));
     let gzip = accepts_gzip(parts);
@@ -72,7 +81,7 @@ pub(super) async fn telemetry(app: &Arc<App>, parts: &Parts) -> Response {
 /// `--web.self-metrics-path`: the node's own metrics alone, text format.
 pub(super) async fn self_metrics(app: &Arc<App>, parts: &Parts) -> Response {
     let gzip = accepts_gzip(parts);
-    let body = render(&GroupStore::new(), &app.metrics.families(), Format::Text);
+    let body = render(&GroupStore::new(), &self_families(app), Format::Text);
     exposition(compress(body, gzip), Format::Text, gzip)
 }
 
