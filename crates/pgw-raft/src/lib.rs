@@ -91,7 +91,7 @@ pub struct NodeConfig {
     pub keep_logs_after_snapshot: u64,
     /// Raft heartbeat interval.
     pub heartbeat: Duration,
-    /// Raft election timeout range (min; max is 2× min).
+    /// Raft election timeout range (min; max is 1.25× min).
     pub election_timeout: Duration,
 }
 
@@ -108,7 +108,7 @@ impl NodeConfig {
             bootstrap: Bootstrap::Single,
             keep_logs_after_snapshot: 1000,
             heartbeat: Duration::from_millis(100),
-            election_timeout: Duration::from_millis(500),
+            election_timeout: Duration::from_millis(400),
         }
     }
 }
@@ -246,7 +246,10 @@ impl Node {
             cluster_name: "pgw".into(),
             heartbeat_interval: config.heartbeat.as_millis().max(1) as u64,
             election_timeout_min: election_ms,
-            election_timeout_max: election_ms * 2,
+            // A narrow range: openraft 0.9's leader lease equals the maximum, and a follower
+            // refuses votes until the lease of the lost leader expired, so a wide range only
+            // delays fail-over. Split votes are still broken by the randomness left.
+            election_timeout_max: election_ms + election_ms / 4,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_every.max(1)),
             max_in_snapshot_log_to_keep: config.keep_logs_after_snapshot,
             ..Default::default()

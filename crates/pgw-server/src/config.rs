@@ -188,8 +188,9 @@ pub struct Config {
           value_name = "DURATION", help_heading = "Cluster")]
     pub heartbeat_interval: Duration,
 
-    /// Raft election timeout (the minimum; each node draws from [t, 2t)).
-    #[arg(long = "raft.election-timeout", default_value = "500ms", value_parser = parse_duration,
+    /// Raft election timeout (the minimum; each node draws from [t, 1.25t)). A leader lost
+    /// this long is replaced; keep it well above the heartbeat interval and network delays.
+    #[arg(long = "raft.election-timeout", default_value = "400ms", value_parser = parse_duration,
           value_name = "DURATION", help_heading = "Cluster")]
     pub election_timeout: Duration,
 
