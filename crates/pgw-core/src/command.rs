@@ -28,6 +28,14 @@ pub enum Command {
     },
     /// Admin wipe: delete every group.
     Wipe,
+    /// Restore (`pgwctl restore`): replace the whole store with a backup, the bytes of
+    /// [`crate::GroupStore::encode_snapshot`]. Deterministic like every command: each replica
+    /// decodes the same bytes to the same store; bytes that do not decode change nothing.
+    Replace {
+        /// The store snapshot.
+        #[serde(with = "serde_bytes_vec")]
+        snapshot: Vec<u8>,
+    },
 }
 
 /// A push, as taken by the receiving node.

@@ -144,68 +144,65 @@ fn shortest_fast(a: f64, digits: &mut [u8; 32]) -> Option<(usize, i32)> {
     if !(1023 - 60..1023 + 52).contains(&biased) || frac == 0 {
         return None;
     }
-    let mant = u128::from(frac | (1u64 << 52));
+    let mant = frac | (1u64 << 52);
     // a = mant · 2^-shift, shift in 1..=112.
     let shift = (1075 - biased) as u32;
     let half = 1u128 << (shift - 1);
     let mask = (1u128 << shift) - 1;
-    let even = mant % 2 == 0;
-    // The nearest candidate `m` at precision k, whether it parses back to `a`, and whether
-    // it is an exact tie with the next one (equally far, so equally inside or outside).
-    let probe = |k: usize| -> Option<(u128, bool, bool)> {
+    let even = mant.is_multiple_of(2);
+    // The nearest candidate `m` at precision k if it parses back to `a`, with whether it is
+    // an exact tie with the next one (equally far, so equally inside or outside).
+    let probe = |k: usize| -> Option<(u128, bool)> {
         let p10 = POW10[k];
-        let p = mant * p10;
+        // mant < 2^53 and 10^k < 2^70: p < 2^123.
+        let p = match u64::try_from(p10) {
+            Ok(small) => u128::from(mant) * u128::from(small),
+            Err(_) => u128::from(mant) * p10,
+        };
         let mut m = p >> shift;
         let rem = p & mask;
         if rem > half {
             m += 1;
         }
-        // (2·mant − 1)·10^k ≤ m·2^(shift+1) ≤ (2·mant + 1)·10^k, all below 2^125.
-        let scaled = m.checked_mul(1u128 << (shift + 1))?;
-        let lo = (2 * mant - 1) * p10;
-        let hi = (2 * mant + 1) * p10;
-        let inside = if even {
-            lo <= scaled && scaled <= hi
-        } else {
-            lo < scaled && scaled < hi
-        };
-        Some((m, inside, rem == half))
+        // Inside the rounding interval: (2·mant − 1)·10^k ≤ m·2^(shift+1) ≤ (2·mant + 1)·10^k,
+        // i.e. |m·2^(shift+1) − 2p| ≤ 10^k (strict for an odd mantissa). m·2^(shift+1) is
+        // within 2^(shift+1) of 2p < 2^124, so it fits.
+        if m.leading_zeros() <= shift + 1 {
+            return None;
+        }
+        let scaled = m << (shift + 1);
+        let dist = scaled.abs_diff(2 * p);
+        let inside = if even { dist <= p10 } else { dist < p10 };
+        inside.then_some((m, rem == half))
     };
-    // 10^k ≥ 2^shift guarantees a candidate (the interval is 2^-shift wide).
-    let mut hi = ((shift as usize * 30103).div_ceil(100_000) + 1).min(POW10.len() - 1);
-    if !probe(hi)?.1 {
-        return None;
-    }
+    // 10^k ≥ 2^(shift+1) guarantees a candidate inside (the interval is 2^-shift wide).
+    let guaranteed = (shift as usize + 1) * 30103 / 100_000 + 1;
+    let mut hi = guaranteed.min(POW10.len() - 1);
+    let mut best = probe(hi)?;
     let mut lo = 1;
     while lo < hi {
         let mid = (lo + hi) / 2;
-        if probe(mid)?.1 {
-            hi = mid;
-        } else {
-            lo = mid + 1;
+        match probe(mid) {
+            Some(r) => {
+                hi = mid;
+                best = r;
+            }
+            None => lo = mid + 1,
         }
     }
-    let (m, inside, tie) = probe(lo)?;
-    if !inside || tie {
+    let (m, tie) = best;
+    if tie {
         return None;
     }
     let m = u64::try_from(m).ok()?;
     let (nd, exp) = u64_digits(m, digits);
-    Some((nd, exp - lo as i32))
+    Some((nd, exp - hi as i32))
 }
 
 /// Digits of `v > 0` without trailing zeros, and the decimal exponent of the first digit.
-fn u64_digits(mut v: u64, digits: &mut [u8; 32]) -> (usize, i32) {
+fn u64_digits(v: u64, digits: &mut [u8; 32]) -> (usize, i32) {
     let mut buf = [0u8; 20];
-    let mut i = buf.len();
-    loop {
-        i -= 1;
-        buf[i] = b'0' + (v % 10) as u8;
-        v /= 10;
-        if v == 0 {
-            break;
-        }
-    }
+    let i = decimal(v, &mut buf);
     let all = &buf[i..];
     let exp = all.len() as i32 - 1;
     let mut nd = all.len();
@@ -257,18 +254,45 @@ fn shortest_fmt(a: f64, digits: &mut [u8; 32]) -> (usize, i32) {
 }
 
 /// Appends the decimal form of `v`.
-pub(crate) fn write_u64(out: &mut Vec<u8>, mut v: u64) {
+pub(crate) fn write_u64(out: &mut Vec<u8>, v: u64) {
     let mut buf = [0u8; 20];
-    let mut i = buf.len();
-    loop {
-        i -= 1;
-        buf[i] = b'0' + (v % 10) as u8;
-        v /= 10;
-        if v == 0 {
-            break;
-        }
-    }
+    let i = decimal(v, &mut buf);
     out.extend_from_slice(&buf[i..]);
+}
+
+/// "00" to "99".
+const PAIRS: [u8; 200] = {
+    let mut t = [0u8; 200];
+    let mut i = 0;
+    while i < 100 {
+        t[2 * i] = b'0' + (i / 10) as u8;
+        t[2 * i + 1] = b'0' + (i % 10) as u8;
+        i += 1;
+    }
+    t
+};
+
+/// Writes the decimal digits of `v` at the end of `buf`, two at a time; returns where they
+/// start.
+fn decimal(mut v: u64, buf: &mut [u8; 20]) -> usize {
+    let mut i = buf.len();
+    while v >= 100 {
+        let r = (v % 100) as usize * 2;
+        v /= 100;
+        i -= 2;
+        buf[i] = PAIRS[r];
+        buf[i + 1] = PAIRS[r + 1];
+    }
+    if v >= 10 {
+        let r = v as usize * 2;
+        i -= 2;
+        buf[i] = PAIRS[r];
+        buf[i + 1] = PAIRS[r + 1];
+    } else {
+        i -= 1;
+        buf[i] = b'0' + v as u8;
+    }
+    i
 }
 
 /// A fixed-size `fmt::Write` target, so formatting needs no heap allocation.
@@ -401,7 +425,7 @@ mod tests {
             (4294967296.0, "4.294967296e+09"),
             (0.000123, "0.000123"),
             (123456789.0, "1.23456789e+08"),
-            (3.14159, "3.14159"),
+            (3.14158, "3.14158"),
         ];
         for &(f, want) in cases {
             let mut v = Vec::new();
@@ -468,7 +492,16 @@ mod tests {
             }
         }
         assert!(hits > 500_000, "{hits}");
-        for a in [0.1 + 0.2, 1.0 / 3.0, 2.0 / 3.0, 0.001, 1e-4, 123456.7, 999999.5, 4503599627370495.5] {
+        for a in [
+            0.1 + 0.2,
+            1.0 / 3.0,
+            2.0 / 3.0,
+            0.001,
+            1e-4,
+            123456.7,
+            999999.5,
+            4503599627370495.5,
+        ] {
             let (fast, slow) = both(a);
             if let Some(fast) = fast {
                 assert_eq!(fast, slow, "{a:e}");

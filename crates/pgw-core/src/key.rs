@@ -138,7 +138,7 @@ pub fn parse(job: &[u8], job_base64: bool, labels: &[u8]) -> Result<GroupingKey,
     if labels.len() > 1 {
         let rest = labels.strip_prefix(b"/").unwrap_or(labels);
         let components: Vec<&[u8]> = rest.split(|&b| b == b'/').collect();
-        if components.len() % 2 != 0 {
+        if !components.len().is_multiple_of(2) {
             return Err(KeyError::OddComponents(lossy(labels)));
         }
         for pair in components.chunks_exact(2) {

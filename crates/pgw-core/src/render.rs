@@ -111,8 +111,8 @@ struct Entry<'a> {
 /// What the sort moves around: small, with the common comparisons inline.
 #[derive(Clone, Copy)]
 struct SortKey {
-    /// The first 8 bytes of the encoded label values, big-endian, zero-padded.
-    prefix: u64,
+    /// The first 16 bytes of the encoded label values, big-endian, zero-padded.
+    prefix: [u64; 2],
     /// Number of label pairs.
     nl: u32,
     /// Index into the entries = push order (source order, then stored order).
@@ -125,7 +125,7 @@ struct SortKey {
 /// over the heap; at 100k series that cache-misses its way to >100 ms. Instead each sample's
 /// label values are encoded once into one contiguous buffer so that comparing the encodings
 /// byte-wise is the same as comparing the values pairwise (each value with `00` escaped as
-/// `00 FF`, terminated by `00 01`), with the first 8 bytes inlined in the sort key. In the
+/// `00 FF`, terminated by `00 01`), with the first 16 bytes inlined in the sort key. In the
 /// same sequential pass each sample is rendered into `payload`, so that writing the output in
 /// sorted order copies contiguous bytes instead of chasing pointers again.
 #[derive(Default)]
@@ -137,7 +137,56 @@ struct Sorter<'a> {
 }
 
 impl<'a> Sorter<'a> {
+    /// Adds a sample without a sort key (see [`Sorter::build_keys`]).
+    fn push_unkeyed(&mut self, metric: &'a Metric, pstart: usize, pend: usize) {
+        self.entries.push(Entry {
+            start: 0,
+            end: 0,
+            pstart,
+            pend,
+            metric,
+        });
+    }
+
+    /// Computes the sort keys of all entries added with [`Sorter::push_unkeyed`].
+    fn build_keys(&mut self) {
+        self.keys.clear();
+        self.order.clear();
+        for i in 0..self.entries.len() {
+            let (start, key) = self.encode_key(self.entries[i].metric, i);
+            self.entries[i].start = start;
+            self.entries[i].end = self.keys.len();
+            self.order.push(key);
+        }
+    }
+
+    /// The order as pushed (for input already known to be sorted).
+    fn keep_push_order(&mut self) {
+        self.order.clear();
+        let n = self.entries.len();
+        self.order.extend((0..n).map(|i| SortKey {
+            prefix: [0, 0],
+            nl: 0,
+            seq: u32::try_from(i).unwrap_or(u32::MAX),
+        }));
+    }
+
+    /// Adds a sample with its sort key.
     fn push(&mut self, metric: &'a Metric, pstart: usize, pend: usize) {
+        let (start, key) = self.encode_key(metric, self.entries.len());
+        self.order.push(key);
+        self.entries.push(Entry {
+            start,
+            end: self.keys.len(),
+            pstart,
+            pend,
+            metric,
+        });
+    }
+
+    /// Appends the encoded label values of `metric` to `keys`; returns where they start and
+    /// the sort key for entry `seq`.
+    fn encode_key(&mut self, metric: &Metric, seq: usize) -> (usize, SortKey) {
         let start = self.keys.len();
         for lp in &metric.label {
             let v = lp.value().as_bytes();
@@ -155,21 +204,19 @@ impl<'a> Sorter<'a> {
             self.keys.extend_from_slice(&[0, 1]);
         }
         let end = self.keys.len();
-        let mut p = [0u8; 8];
-        let n = (end - start).min(8);
+        let mut p = [0u8; 16];
+        let n = (end - start).min(16);
         p[..n].copy_from_slice(&self.keys[start..start + n]);
-        self.order.push(SortKey {
-            prefix: u64::from_be_bytes(p),
+        let (p0, p1) = p.split_at(8);
+        let key = SortKey {
+            prefix: [
+                u64::from_be_bytes(p0.try_into().unwrap_or_default()),
+                u64::from_be_bytes(p1.try_into().unwrap_or_default()),
+            ],
             nl: u32::try_from(metric.label.len()).unwrap_or(u32::MAX),
-            seq: u32::try_from(self.entries.len()).unwrap_or(u32::MAX),
-        });
-        self.entries.push(Entry {
-            start,
-            end,
-            pstart,
-            pend,
-            metric,
-        });
+            seq: u32::try_from(seq).unwrap_or(u32::MAX),
+        };
+        (start, key)
     }
 
     /// Sorts by (number of labels, values pairwise, timestamp, names pairwise, push order).
@@ -195,7 +242,10 @@ impl<'a> Sorter<'a> {
                 })
                 .then(a.seq.cmp(&b.seq))
         };
-        if !self.order.is_sorted_by(|a, b| cmp(a, b) != Ordering::Greater) {
+        if !self
+            .order
+            .is_sorted_by(|a, b| cmp(a, b) != Ordering::Greater)
+        {
             self.order.sort_unstable_by(cmp);
         }
     }
@@ -242,19 +292,44 @@ fn for_each_merged<'a>(
         start = end;
 
         sorter.clear();
-        for p in run {
+        if let [p] = run {
+            // One source (the common case: a name pushed by one group): often stored in
+            // order already, which is checked while the metrics are hot in the cache; keys
+            // are only built when a sort is needed.
             let ty = ty_of(p.fam);
+            let mut in_order = true;
+            let mut prev: Option<&Metric> = None;
             for m in &p.fam.metric {
                 let pstart = sorter.payload.len();
                 render(&mut sorter.payload, name, ty, m);
                 let pend = sorter.payload.len();
-                sorter.push(m, pstart, pend);
+                sorter.push_unkeyed(m, pstart, pend);
+                if let Some(prev) = prev {
+                    in_order = in_order && cmp_metrics(prev, m) != Ordering::Greater;
+                }
+                prev = Some(m);
             }
+            if in_order {
+                sorter.keep_push_order();
+            } else {
+                sorter.build_keys();
+                sorter.sort();
+            }
+        } else {
+            for p in run {
+                let ty = ty_of(p.fam);
+                for m in &p.fam.metric {
+                    let pstart = sorter.payload.len();
+                    render(&mut sorter.payload, name, ty, m);
+                    let pend = sorter.payload.len();
+                    sorter.push(m, pstart, pend);
+                }
+            }
+            sorter.sort();
         }
         if sorter.is_empty() {
             continue;
         }
-        sorter.sort();
 
         let (help, ty) = match run.first() {
             Some(p) if p.src == 0 => (
@@ -268,14 +343,7 @@ fn for_each_merged<'a>(
             ),
             None => (None, UNTYPED),
         };
-        f(
-            &Merged {
-                name,
-                help,
-                ty,
-            },
-            sorter,
-        );
+        f(&Merged { name, help, ty }, sorter);
     }
 }
 
@@ -785,7 +853,7 @@ fn write_metric_labels(out: &mut Vec<u8>, labels: &[LabelPair]) {
 
 /// A Go `map[string]string` built by assigning `entries` in order: sorted by key, the last
 /// assignment of a key wins.
-fn write_string_map(out: &mut Vec<u8>, entries: &mut Vec<(String, String)>) {
+fn write_string_map(out: &mut Vec<u8>, entries: &mut [(String, String)]) {
     // Stable sort keeps assignment order within a key; keep the last of each run.
     entries.sort_by(|a, b| a.0.cmp(&b.0));
     let mut i = 0;
@@ -1930,26 +1998,23 @@ push_time_seconds{instance=\"\",job=\"j\"} 1.7952741025850446e+09
         }
     }
 
-    /// `cargo test --release -p pgw-core --lib render::tests::perf -- --ignored --nocapture`
-    #[test]
-    #[ignore]
-    fn perf_100k_series() {
+    /// A store of 100 groups × 10 families × 100 gauges (4 labels) = 100k series, plus the
+    /// synthetic ones. `shared`: every group uses the same 10 family names (merged across
+    /// groups); otherwise each group has its own names.
+    fn perf_store(shared: bool) -> GroupStore {
         let mut recs = Vec::new();
         for g in 0..100 {
             let gname = format!("job{g}");
             let k = key(&[("job", &gname)]);
-            recs.push((
-                k.clone(),
-                synthetic(crate::store::PUSH_TIME, &k, 1_700_000_000_000_000_000),
-                1,
-            ));
+            let t = 1_700_000_000_000_000_000 + g as i64 * 1_234_567_891;
+            recs.push((k.clone(), synthetic(crate::store::PUSH_TIME, &k, t), t));
             recs.push((
                 k.clone(),
                 synthetic(crate::store::PUSH_FAILURE_TIME, &k, 0),
-                1,
+                0,
             ));
             for f in 0..10 {
-                let ms: Vec<Metric> = (0..100)
+                let mut ms: Vec<Metric> = (0..100)
                     .map(|i| {
                         let idx = format!("{}", (i * 7919) % 100);
                         gauge(
@@ -1963,60 +2028,75 @@ push_time_seconds{instance=\"\",job=\"j\"} 1.7952741025850446e+09
                         )
                     })
                     .collect();
-                recs.push((
-                    k.clone(),
-                    fam(
-                        &format!("metric_family_{f}"),
-                        Some("Some help text."),
-                        GAUGE,
-                        ms,
-                    ),
-                    1,
-                ));
+                if !shared {
+                    // As a store that keeps series sorted would hold them.
+                    ms.sort_by(cmp_metrics);
+                }
+                let name = if shared {
+                    format!("metric_family_{f}")
+                } else {
+                    format!("metric_family_{g}_{f}")
+                };
+                recs.push((k.clone(), fam(&name, Some("Some help text."), GAUGE, ms), t));
             }
         }
-        let s = store(recs);
-        let mut out = Vec::new();
-        text(&s, &[], &mut out);
-        // On-CPU time of this thread (ns), so that other load on the machine does not count.
+        store(recs)
+    }
+
+    /// `cargo test --release -p pgw-core --lib render::tests::perf -- --ignored --nocapture`
+    #[test]
+    #[ignore]
+    fn perf_100k_series() {
+        // On-CPU time of this thread (ns), so that other load on the machine counts less.
         let cpu_ns = || -> u64 {
             std::fs::read_to_string("/proc/thread-self/schedstat")
                 .ok()
                 .and_then(|s| s.split_whitespace().next()?.parse().ok())
                 .unwrap_or(0)
         };
+        // schedstat has tick resolution in some VMs: average the CPU time over many runs, and
+        // report the best wall-clock time too.
         let min_of = |f: &mut dyn FnMut()| {
-            (0..15)
+            let n = 30;
+            let c0 = cpu_ns();
+            let wall = (0..n)
                 .map(|_| {
-                    let t0 = cpu_ns();
+                    let t0 = std::time::Instant::now();
                     f();
-                    std::time::Duration::from_nanos(cpu_ns() - t0)
+                    t0.elapsed()
                 })
                 .min()
-                .unwrap()
+                .unwrap();
+            let cpu = std::time::Duration::from_nanos((cpu_ns() - c0) / n);
+            format!("cpu avg {cpu:.1?} / wall min {wall:.1?}")
         };
-        let sort_t = min_of(&mut || {
-            let (parts, _) = collect(&s, &[]);
-            let mut sorter = Sorter::default();
-            let mut nm = 0;
-            for_each_merged(&parts, &mut sorter, |_, _, _, _| {}, |_, s| nm += s.entries.len());
-            assert_eq!(nm, 100_200);
-        });
-        let text_t = min_of(&mut || {
-            out.clear();
-            text(&s, &[], &mut out);
-        });
-        let mut p = Vec::new();
-        let pb_t = min_of(&mut || {
-            p.clear();
-            protobuf(&s, &[], &mut p);
-        });
-        let mut j = Vec::new();
-        let json_t = min_of(&mut || {
-            j.clear();
-            api_metrics_json(&s, &mut j);
-        });
-        let vals: Vec<f64> = (0..100_000).map(|i| (i % 100) as f64 * 1.37 + 0.001).collect();
+        for shared in [true, false] {
+            let s = perf_store(shared);
+            let mut out = Vec::new();
+            let text_t = min_of(&mut || {
+                out.clear();
+                text(&s, &[], &mut out);
+            });
+            let mut p = Vec::new();
+            let pb_t = min_of(&mut || {
+                p.clear();
+                protobuf(&s, &[], &mut p);
+            });
+            let mut j = Vec::new();
+            let json_t = min_of(&mut || {
+                j.clear();
+                api_metrics_json(&s, &mut j);
+            });
+            println!(
+                "100k series, shared names {shared} (30 runs): text {text_t} ({} bytes), protobuf {pb_t} ({} bytes), json {json_t} ({} bytes)",
+                out.len(),
+                p.len(),
+                j.len()
+            );
+        }
+        let vals: Vec<f64> = (0..100_000)
+            .map(|i| (i % 100) as f64 * 1.37 + 0.001)
+            .collect();
         let mut fb = Vec::with_capacity(2_000_000);
         let float_t = min_of(&mut || {
             fb.clear();
@@ -2024,33 +2104,20 @@ push_time_seconds{instance=\"\",job=\"j\"} 1.7952741025850446e+09
                 write_text(&mut fb, v);
             }
         });
-        let (parts, _) = collect(&s, &[]);
-        let mut sorter = Sorter::default();
-        let keys_t = min_of(&mut || {
-            sorter.clear();
-            for p in &parts {
-                for m in &p.fam.metric {
-                    sorter.push(m, 0, 0);
-                }
-            }
-        });
-        let mut lb = Vec::with_capacity(10_000_000);
-        let labels_t = min_of(&mut || {
-            lb.clear();
-            for p in &parts {
-                for m in &p.fam.metric {
-                    write_label_pairs(&mut lb, &m.label);
-                }
-            }
-        });
-        println!(
-            "100k series (on-CPU, min of 15): merge+sort {sort_t:?}; 100k floats {float_t:?}; keys {keys_t:?}; labels {labels_t:?}"
-        );
-        println!(
-            "100k series: text {text_t:?} ({} bytes), protobuf {pb_t:?} ({} bytes), json {json_t:?} ({} bytes)",
-            out.len(),
-            p.len(),
-            j.len()
-        );
+        println!("100k floats: {float_t}");
+    }
+
+    /// Profiling helper: `perf record` the test binary with this filter.
+    #[test]
+    #[ignore]
+    fn perf_text_loop() {
+        let shared = std::env::var("PGW_PERF_UNIQUE").is_err();
+        let s = perf_store(shared);
+        let mut out = Vec::new();
+        for _ in 0..60 {
+            out.clear();
+            text(&s, &[], &mut out);
+        }
+        assert!(!out.is_empty());
     }
 }

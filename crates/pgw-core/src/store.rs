@@ -44,16 +44,32 @@ pub struct Group {
 }
 
 impl Group {
+    /// Value of the synthetic gauge `name`, in ns since the epoch (0 = never). A non-zero
+    /// value was set by the write that stored the family, so its exact time is `time_ns`.
+    fn synthetic_ns(&self, name: &str) -> i64 {
+        let Some(sf) = self.families.get(name) else {
+            return 0;
+        };
+        let value = sf
+            .family
+            .metric
+            .first()
+            .and_then(|m| m.gauge.as_ref())
+            .and_then(|g| g.value)
+            .unwrap_or(0.0);
+        if value == 0.0 { 0 } else { sf.time_ns }
+    }
+
     /// Value of `push_time_seconds` in ns (0 = never succeeded).
     pub fn push_time_ns(&self) -> i64 {
-        self.families.get(PUSH_TIME).map_or(0, |f| f.time_ns)
+        self.synthetic_ns(PUSH_TIME)
     }
+
     /// Value of `push_failure_time_seconds` in ns (0 = never failed).
     pub fn push_failure_time_ns(&self) -> i64 {
-        self.families
-            .get(PUSH_FAILURE_TIME)
-            .map_or(0, |f| f.time_ns)
+        self.synthetic_ns(PUSH_FAILURE_TIME)
     }
+
     /// `last_push_successful` of `/api/v1/metrics`: failure time ≤ success time.
     pub fn last_push_successful(&self) -> bool {
         self.push_failure_time_ns() <= self.push_time_ns()
@@ -78,6 +94,8 @@ pub enum Effect {
     GroupRemoved(GroupingKey),
     /// Every group was removed.
     Wiped,
+    /// The whole store was replaced ([`Command::Replace`]): rewrite every group.
+    Replaced,
 }
 
 /// The whole store plus its family-name index. See the module docs.
@@ -247,6 +265,18 @@ impl GroupStore {
                 (CommandResponse::Applied, Effect::Wiped)
             }
             Command::Push(push) => self.apply_push(push),
+            Command::Replace { snapshot } => match GroupStore::decode_snapshot(snapshot) {
+                Ok(mut restored) => {
+                    // The push clock stays monotone across a restore.
+                    restored.clock_ns = restored.clock_ns.max(self.clock_ns);
+                    *self = restored;
+                    (CommandResponse::Applied, Effect::Replaced)
+                }
+                Err(e) => (
+                    CommandResponse::Rejected(format!("the restore data is invalid: {e}")),
+                    Effect::None,
+                ),
+            },
         }
     }
 
@@ -273,7 +303,7 @@ impl GroupStore {
             validate::sanitize(f, key);
         }
         if push.check {
-            if let Err(msg) = self.check_push(key, push.replace, &mut families) {
+            if let Err(msg) = self.check_push(key, push.replace, &families) {
                 return self.fail(key, t, &msg);
             }
         } else {
@@ -298,7 +328,8 @@ impl GroupStore {
             if collides {
                 return (response, Effect::None);
             }
-            self.set_family(key, PUSH_TIME, 0, probe);
+            // As upstream: value 0 ("never"), stored by this write (its time_stamp).
+            self.set_family(key, PUSH_TIME, t, probe);
             names.insert(0, PUSH_TIME.to_string());
         }
         self.set_family(
@@ -365,10 +396,11 @@ impl GroupStore {
             .get(key)
             .is_some_and(|g| g.families.contains_key(PUSH_FAILURE_TIME));
         if !has_failure {
+            // Value 0 ("never failed"), stored by this write (its time_stamp), as upstream.
             self.set_family(
                 key,
                 PUSH_FAILURE_TIME,
-                0,
+                t,
                 synthetic(PUSH_FAILURE_TIME, key, 0),
             );
             changed.push(PUSH_FAILURE_TIME.to_string());
@@ -391,12 +423,12 @@ impl GroupStore {
         &self,
         key: &GroupingKey,
         replace: bool,
-        families: &mut [MetricFamily],
+        families: &[MetricFamily],
     ) -> Result<(), String> {
         let group = self.groups.get(key);
         let mut pushed: BTreeMap<&str, MetricType> = BTreeMap::new();
         let mut types = Vec::with_capacity(families.len());
-        for f in families.iter_mut() {
+        for f in families {
             let t = validate::check_family(f)?;
             validate::check_reserved(f, t)?;
             types.push(t);
@@ -422,7 +454,11 @@ impl GroupStore {
                 return validate::known_type(&sf.family).ok();
             }
             let mine = group.and_then(|g| g.families.get(name));
-            self.index.type_of_others(name, mine.map(|sf| &sf.family))
+            self.index
+                .type_of_others(name, mine.map(|sf| &sf.family))
+                // The node's own families count as present (spec §6 item 4 against own
+                // metrics), from the fixed table so every replica decides alike.
+                .or_else(|| validate::reserved(name).map(|r| r.r#type))
         };
         if group.is_none() {
             let probe = synthetic(PUSH_TIME, key, 0);
@@ -529,7 +565,7 @@ impl GroupStore {
                         continue;
                     }
                 };
-                if let Err(e) = validate::check_reserved(&mut sf.family.clone(), t) {
+                if let Err(e) = validate::check_reserved(&sf.family, t) {
                     errors.push(e);
                 }
                 let ft = *family_type.get_or_insert(t);
@@ -549,7 +585,7 @@ impl GroupStore {
                 continue;
             }
             if let Some((base, suffix)) = validate::split_suffix(name) {
-                match self.index.any_type(base) {
+                match self.index.any_type(base).or_else(|| validate::reserved(base).map(|r| r.r#type)) {
                     Some(MetricType::Summary) if suffix != "_bucket" => errors.push(format!(
                         "collected metric named {name:?} collides with previously collected summary named {base:?}"
                     )),

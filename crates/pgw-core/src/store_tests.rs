@@ -478,11 +478,41 @@ fn reserved_self_metric_names() {
         s.apply(&push(&k, true, T1, &[f])).0,
         CommandResponse::Applied
     );
+    // The stored family keeps what was pushed; the renderer shows the node's own HELP.
     let stored = &s.get(&k).unwrap().families["process_cpu_seconds_total"].family;
-    assert_eq!(
-        stored.help(),
-        "Total user and system CPU time spent in seconds."
+    assert_eq!(stored.help(), "");
+    // A family colliding with an own summary's suffix is refused.
+    let r = s
+        .apply(&push(
+            &k,
+            true,
+            T1,
+            &[gauge("pushgateway_http_push_size_bytes_count", 1.0)],
+        ))
+        .0;
+    assert!(
+        rejected(&r).contains("collides with previously collected summary"),
+        "{r:?}"
     );
+}
+
+#[test]
+fn synthetic_time_stamps_are_the_write_time() {
+    let mut s = GroupStore::new();
+    let k = key(&[("job", "j")]);
+    s.apply(&push(&k, true, T1, &[gauge("m", 1.0)]));
+    let g = s.get(&k).unwrap();
+    // push_failure_time_seconds is 0 ("never failed") but was stored by this write.
+    assert_eq!(g.families[PUSH_FAILURE_TIME].time_ns, T1);
+    assert_eq!(g.push_failure_time_ns(), 0);
+    let k2 = key(&[("job", "new")]);
+    let mut f = gauge("m2", 1.0);
+    f.metric[0].timestamp_ms = Some(1);
+    s.apply(&push(&k2, true, T1 + 5, &[f]));
+    let g2 = s.get(&k2).unwrap();
+    assert_eq!(g2.families[PUSH_TIME].time_ns, T1 + 5);
+    assert_eq!(g2.push_time_ns(), 0);
+    assert_eq!(g2.push_failure_time_ns(), T1 + 5);
 }
 
 #[test]
@@ -640,6 +670,64 @@ fn snapshot_and_restore_reproduce_the_store() {
             GroupStore::decode_snapshot(&bytes[..cut]).is_err(),
             "cut at {cut}"
         );
+    }
+}
+
+#[test]
+fn replace_restores_a_snapshot_deterministically_and_rejects_garbage() {
+    let mut src = GroupStore::new();
+    for c in scripted() {
+        src.apply(&c);
+    }
+    let snapshot = src.encode_snapshot();
+    let cmd = Command::Replace {
+        snapshot: snapshot.clone(),
+    };
+    assert_eq!(Command::decode(&cmd.encode()).unwrap(), cmd);
+
+    // Replacing a store that holds other groups yields exactly the backed-up store.
+    let mut dst = GroupStore::new();
+    dst.apply(&push(
+        &key(&[("job", "other")]),
+        true,
+        T1 - 5,
+        &[gauge("x", 1.0)],
+    ));
+    let (r, effect) = dst.apply(&cmd);
+    assert_eq!(r, CommandResponse::Applied);
+    assert_eq!(effect, Effect::Replaced);
+    assert_eq!(dst.encode_snapshot(), snapshot);
+    assert!(dst.get(&key(&[("job", "other")])).is_none());
+
+    // The push clock never goes backwards: a store that saw a later push keeps its clock.
+    let mut later = GroupStore::new();
+    later.apply(&push(
+        &key(&[("job", "x")]),
+        true,
+        T1 + 1_000_000,
+        &[gauge("x", 1.0)],
+    ));
+    later.apply(&cmd);
+    assert_eq!(later.clock_ns(), T1 + 1_000_000);
+    assert_eq!(later.len(), src.len());
+
+    // Same command, same result on every replica.
+    let mut a = GroupStore::new();
+    let mut b = GroupStore::new();
+    assert_eq!(a.apply(&cmd), b.apply(&cmd));
+    assert_eq!(a.encode_snapshot(), b.encode_snapshot());
+
+    // Undecodable bytes change nothing and say why.
+    let before = dst.encode_snapshot();
+    for bad in [
+        Vec::new(),
+        vec![99u8, 0, 0],
+        snapshot[..snapshot.len() / 2].to_vec(),
+    ] {
+        let (r, effect) = dst.apply(&Command::Replace { snapshot: bad });
+        assert!(rejected(&r).contains("restore data is invalid"), "{r:?}");
+        assert_eq!(effect, Effect::None);
+        assert_eq!(dst.encode_snapshot(), before);
     }
 }
 

@@ -33,11 +33,6 @@ pub enum ParseError {
         /// What is wrong.
         msg: String,
     },
-    /// Syntactically fine but holds bytes that are not UTF-8 (label value or HELP). The
-    /// reference accepts these in the parser and fails the push in its consistency check, so
-    /// pgw records it as a failed push with this message.
-    #[error("{0}")]
-    NotUtf8(String),
 }
 
 /// Parses a text-format body into families sorted by name.
@@ -762,18 +757,11 @@ impl<'a> Parser<'a> {
         families.sort_by(|a, b| a.name.cmp(&b.name));
         let mut out = Vec::with_capacity(families.len());
         for f in families {
-            let help = match f.help {
-                None => None,
-                Some(bytes) => match String::from_utf8(bytes) {
-                    Ok(h) => Some(h),
-                    Err(_) => {
-                        return Err(ParseError::NotUtf8(format!(
-                            "HELP text of metric {} is not valid UTF-8",
-                            go_quote(f.name.as_bytes())
-                        )));
-                    }
-                },
-            };
+            // The reference accepts HELP bytes that are not UTF-8 and serves them back raw;
+            // pgw keeps such a push too, with each invalid sequence replaced by U+FFFD.
+            let help = f
+                .help
+                .map(|bytes| String::from_utf8_lossy(&bytes).into_owned());
             out.push(MetricFamily {
                 name: Some(f.name),
                 help,
@@ -1166,12 +1154,8 @@ mod tests {
 
     #[test]
     fn help_not_utf8() {
-        assert_eq!(
-            parse(b"# HELP m a\xffb\nm 1\n"),
-            Err(ParseError::NotUtf8(
-                "HELP text of metric \"m\" is not valid UTF-8".to_owned()
-            ))
-        );
+        let f = parse(b"# HELP m a\xffb\nm 1\n").expect("accepted as upstream");
+        assert_eq!(f[0].help.as_deref(), Some("a\u{fffd}b"));
         // A syntax error later in the body wins.
         assert!(matches!(
             parse(b"# HELP m a\xffb\nm 1\nm x\n"),

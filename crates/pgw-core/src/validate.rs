@@ -357,8 +357,10 @@ pub fn duplicate_message(name: &str, labels: &[LabelPair]) -> String {
 }
 
 /// Checks a pushed family against the node's own metric of the same name, if any (spec §6
-/// items 1, 7, 8). May replace the family's HELP with the reserved one, as the reference does.
-pub fn check_reserved(family: &mut MetricFamily, t: MetricType) -> Result<(), String> {
+/// items 1, 7, 8): the type must match; for an own family that has no series at start-up the
+/// HELP must match too. (For the others the reference replaces the HELP when it renders the
+/// merged family; pgw's renderer does the same, so the stored family keeps what was pushed.)
+pub fn check_reserved(family: &MetricFamily, t: MetricType) -> Result<(), String> {
     let Some(r) = reserved(family.name()) else {
         return Ok(());
     };
@@ -370,9 +372,7 @@ pub fn check_reserved(family: &mut MetricFamily, t: MetricType) -> Result<(), St
             type_name(r.r#type)
         ));
     }
-    if r.present_at_start {
-        family.help = Some(r.help.to_string());
-    } else if family.help() != r.help {
+    if !r.present_at_start && family.help() != r.help {
         return Err(format!(
             "gathered metric family {} has help {:?} but should have {:?}",
             r.name,
@@ -401,7 +401,12 @@ mod reserved_tests {
     #[test]
     fn reserved_table_is_sorted_and_unique() {
         for w in RESERVED.windows(2) {
-            assert!(w[0].name < w[1].name, "{} must sort before {}", w[0].name, w[1].name);
+            assert!(
+                w[0].name < w[1].name,
+                "{} must sort before {}",
+                w[0].name,
+                w[1].name
+            );
         }
         for r in RESERVED {
             assert_eq!(reserved(r.name).map(|x| x.name), Some(r.name));
