@@ -17,6 +17,15 @@ pub(crate) const LOG_TREE: &str = "raft_log";
 /// Name of the tree holding the state machine.
 pub(crate) const SM_TREE: &str = "state_machine";
 
+/// Name of the durability watermark file: a version byte and the highest log index (u64 BE)
+/// this directory is known to have made durable. sled recovers whatever prefix of its file it
+/// can read and may come back *empty* from a damaged file without an error; the watermark lets
+/// [`crate::open`] notice that instead of starting a node that silently lost acknowledged
+/// writes (reference quirk Q8).
+pub(crate) const WATERMARK: &str = "durable.mark";
+/// The watermark is rewritten when the durable log index passed it by this many entries.
+const WATERMARK_STEP: u64 = 1024;
+
 /// One sled database plus a second handle on its data file for real fsyncs.
 pub(crate) struct Engine {
     pub(crate) db: sled::Db,
@@ -24,6 +33,8 @@ pub(crate) struct Engine {
     /// wrote through its own handle.
     data_file: Arc<File>,
     dir: PathBuf,
+    /// The watermark as last written (`None`: no file yet).
+    watermark: std::sync::Mutex<Option<u64>>,
 }
 
 impl Engine {
@@ -52,11 +63,57 @@ impl Engine {
             .sync_all()
             .map_err(StoreError::io(format!("fsync {}", data_path.display())))?;
         sync_dir(dir)?;
+        let watermark = read_watermark(dir)?;
         Ok(Engine {
             db,
             data_file: Arc::new(data_file),
             dir: dir.to_path_buf(),
+            watermark: std::sync::Mutex::new(watermark),
         })
+    }
+
+    /// Lowers the watermark to `index` if it is above (before a log truncation).
+    pub(crate) async fn lower_watermark(&self, index: u64) -> Result<(), StoreError> {
+        if self.watermark().is_none_or(|w| w <= index) {
+            return Ok(());
+        }
+        let dir = self.dir.clone();
+        tokio::task::spawn_blocking(move || write_watermark(&dir, index))
+            .await
+            .map_err(|e| StoreError::Io {
+                context: "watermark task".into(),
+                source: std::io::Error::other(e),
+            })??;
+        *self.watermark.lock().unwrap_or_else(|p| p.into_inner()) = Some(index);
+        Ok(())
+    }
+
+    /// The watermark found at open, if any.
+    pub(crate) fn watermark(&self) -> Option<u64> {
+        *self.watermark.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Records that the log is durable up to `index`: writes the watermark file (atomically,
+    /// fsync'd) the first time and whenever `index` passed it by [`WATERMARK_STEP`], or always
+    /// when `force`. Call only after the data itself was made durable.
+    pub(crate) async fn note_durable(&self, index: u64, force: bool) -> Result<(), StoreError> {
+        let due = match self.watermark() {
+            None => true,
+            Some(w) => index > w && (force || index >= w.saturating_add(WATERMARK_STEP)),
+        };
+        if !due {
+            return Ok(());
+        }
+        let dir = self.dir.clone();
+        tokio::task::spawn_blocking(move || write_watermark(&dir, index))
+            .await
+            .map_err(|e| StoreError::Io {
+                context: "watermark task".into(),
+                source: std::io::Error::other(e),
+            })??;
+        let mut w = self.watermark.lock().unwrap_or_else(|p| p.into_inner());
+        *w = Some(w.map_or(index, |old| old.max(index)));
+        Ok(())
     }
 
     /// The storage directory.
@@ -102,4 +159,40 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<(), StoreError> {
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(StoreError::io(format!("fsync directory {}", dir.display())))
+}
+
+fn read_watermark(dir: &Path) -> Result<Option<u64>, StoreError> {
+    let path = dir.join(WATERMARK);
+    match std::fs::read(&path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(StoreError::Io {
+            context: format!("read {}", path.display()),
+            source: e,
+        }),
+        Ok(bytes) => match bytes.split_first() {
+            Some((&1, rest)) if rest.len() == 8 => {
+                let mut b = [0u8; 8];
+                b.copy_from_slice(rest);
+                Ok(Some(u64::from_be_bytes(b)))
+            }
+            _ => Err(StoreError::Corrupt(format!(
+                "{} is not a valid watermark file",
+                path.display()
+            ))),
+        },
+    }
+}
+
+fn write_watermark(dir: &Path, index: u64) -> Result<(), StoreError> {
+    use std::io::Write;
+    let path = dir.join(WATERMARK);
+    let tmp = dir.join(format!("{WATERMARK}.tmp"));
+    let mut bytes = vec![1u8];
+    bytes.extend_from_slice(&index.to_be_bytes());
+    let mut f = File::create(&tmp).map_err(StoreError::io(format!("create {}", tmp.display())))?;
+    f.write_all(&bytes)
+        .and_then(|()| f.sync_all())
+        .map_err(StoreError::io(format!("write {}", tmp.display())))?;
+    std::fs::rename(&tmp, &path).map_err(StoreError::io(format!("rename {}", tmp.display())))?;
+    sync_dir(dir)
 }

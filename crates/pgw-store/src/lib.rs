@@ -174,6 +174,29 @@ impl fmt::Display for Node {
 pub fn open(path: &Path) -> Result<(LogStore, StateMachineStore), StoreError> {
     let engine = Arc::new(engine::Engine::open(path)?);
     let log = LogStore::new(engine.clone())?;
-    let sm = StateMachineStore::open(engine)?;
+    let sm = StateMachineStore::open(engine.clone())?;
+    // sled recovers the readable prefix of a damaged file without an error, possibly
+    // nothing at all. Refuse to start on less than this directory is known to have made
+    // durable, rather than serving (and replicating) an older or empty state.
+    if let Some(mark) = engine.watermark() {
+        let (index, has_vote) = log.recovered_extent()?;
+        let snapshot = sm.snapshot_index();
+        let extent = index.max(snapshot);
+        // A directory that held a Raft state never comes back with neither a log nor a vote.
+        if extent < mark || (extent == 0 && !has_vote) {
+            return Err(StoreError::Corrupt(format!(
+                "{} held a Raft log durable up to index {mark}, but only {} could be recovered{}: \
+                 the storage is damaged. Do not start this node on it: move the directory away and \
+                 rejoin the node to its cluster with an empty --storage.path, or restore a backup",
+                path.display(),
+                if extent == 0 {
+                    "nothing".to_string()
+                } else {
+                    format!("up to index {extent}")
+                },
+                if has_vote { "" } else { " (no vote)" },
+            )));
+        }
+    }
     Ok((log, sm))
 }

@@ -49,7 +49,11 @@ pub struct LogStore {
 impl LogStore {
     pub(crate) fn new(engine: Arc<Engine>) -> Result<LogStore, StoreError> {
         let tree = engine.tree(LOG_TREE)?;
-        let mut store = LogStore { engine, tree, committed: Arc::new(AtomicU64::new(0)) };
+        let mut store = LogStore {
+            engine,
+            tree,
+            committed: Arc::new(AtomicU64::new(0)),
+        };
         let saved: Option<LogId<NodeId>> = store.get_meta(COMMITTED, "committed log id")?;
         store.committed = Arc::new(AtomicU64::new(saved.map_or(0, |c| c.index)));
         Ok(store)
@@ -133,7 +137,24 @@ impl LogStore {
         self.tree
             .apply_batch(batch)
             .map_err(StoreError::sled("append log entries"))?;
-        self.engine.sync().await
+        self.engine.sync().await?;
+        if let Some(last) = entries.last() {
+            self.engine.note_durable(last.log_id.index, false).await?;
+        }
+        Ok(())
+    }
+
+    /// The highest log index this store holds or purged (0 when empty), and whether a vote
+    /// was ever saved.
+    pub(crate) fn recovered_extent(&self) -> Result<(u64, bool), StoreError> {
+        let purged: Option<LogId<NodeId>> = self.get_meta(PURGED, "last purged log id")?;
+        let last = self.last_entry_id()?;
+        let index = last.or(purged).map_or(0, |l| l.index);
+        let has_vote = self
+            .tree
+            .contains_key(VOTE)
+            .map_err(StoreError::sled("read vote"))?;
+        Ok((index, has_vote))
     }
 
     /// Adds the removal of every entry key in `[lo, hi)` to `batch`.
@@ -194,7 +215,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             self.tree
                 .insert(VOTE, v)
                 .map_err(StoreError::sled("write vote"))?;
-            self.engine.sync().await
+            self.engine.sync().await?;
+            // The first durable vote marks the directory as holding a Raft state.
+            self.engine.note_durable(0, false).await
         }
         .await;
         res.sto(ErrorSubject::Vote, ErrorVerb::Write)
@@ -259,6 +282,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     /// Deletes entries with index ≥ `log_id.index`, durably.
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
         let res: Result<(), StoreError> = async {
+            // Entries that were durable (but never committed) are going away: lower the
+            // watermark first, so a crash in between never looks like lost data.
+            self.engine
+                .lower_watermark(log_id.index.saturating_sub(1))
+                .await?;
             let mut batch = Batch::default();
             let lo = chunk::chunk_key(&entry_base(log_id.index), 0);
             self.remove_range(&mut batch, lo, vec![ENTRY + 1])?;

@@ -124,6 +124,13 @@ impl StateMachineStore {
         })
     }
 
+    /// Index of the last log entry applied to the state machine (0 when none).
+    pub(crate) fn snapshot_index(&self) -> u64 {
+        lock_applied(&self.applied)
+            .map(|a| a.last_applied.map_or(0, |l| l.index))
+            .unwrap_or(0)
+    }
+
     /// The in-memory group store, for readers (rendering `/metrics`, the JSON API). Only this
     /// state machine writes to it; take the read lock briefly.
     pub fn shared(&self) -> SharedStore {
@@ -266,6 +273,8 @@ fn rewrite_batch(tree: &Tree, store: &GroupStore, applied: &Applied) -> Result<B
 struct Changes {
     /// Every family was removed at some point (later effects may have re-added some).
     wiped: bool,
+    /// The whole store was replaced (a restore): every family of the final store is written.
+    replaced: bool,
     /// Groups removed at some point (later effects may have re-added some).
     removed: BTreeSet<GroupingKey>,
     /// Families written or deleted, by storage base key.
@@ -291,6 +300,11 @@ impl Changes {
                 self.wiped = true;
                 self.removed.clear();
             }
+            Effect::Replaced => {
+                self.wiped = true;
+                self.replaced = true;
+                self.removed.clear();
+            }
         }
     }
 
@@ -312,6 +326,15 @@ impl Changes {
         for prefix in prefixes {
             for k in tree.scan_prefix(prefix).keys() {
                 batch.remove(k.map_err(StoreError::sled("scan state machine"))?);
+            }
+        }
+        if self.replaced {
+            // Every stored family was removed above; write the final store whole. Touched
+            // families below are written again with the same final value (or removed).
+            for (key, group) in store.groups() {
+                for (name, sf) in &group.families {
+                    chunk::put(&mut batch, &family_base(key, name), &encode_family(sf), 0)?;
+                }
             }
         }
         for (base, (key, name)) in self.touched {

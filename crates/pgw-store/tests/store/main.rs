@@ -6,3 +6,4 @@ mod t10_suite;
 mod t20_log_reopen;
 mod t30_state_machine;
 mod t40_large_values;
+mod t50_damage;

@@ -199,3 +199,84 @@ async fn corrupt_snapshot_file_is_an_error() {
     let err = pgw_store::open(dir.path()).err().expect("open must fail");
     assert!(err.to_string().contains("snapshot.bin"), "{err}");
 }
+
+/// A restore (`Command::Replace`) rewrites the whole tree: the replaced store, and nothing of
+/// what was there before, is rebuilt from disk after a restart; a push in the same apply call
+/// after the restore is kept too.
+#[tokio::test]
+async fn replace_survives_reopen() {
+    let src_dir = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let j = key(&[("job", "j")]);
+    let k = key(&[("job", "k")]);
+    let old = key(&[("job", "old")]);
+    let snapshot = {
+        let (_log, mut sm) = pgw_store::open(src_dir.path()).unwrap();
+        sm.apply([
+            membership(1, 1, &[1]),
+            normal(
+                1,
+                2,
+                push(
+                    &j,
+                    true,
+                    1_000,
+                    &[gauge("a", &[("x", 1.0)]), big_gauge("big", 300_000)],
+                ),
+            ),
+            normal(1, 3, push(&k, true, 2_000, &[gauge("b", &[("y", 2.0)])])),
+        ])
+        .await
+        .unwrap();
+        let shared = sm.shared();
+        let s = shared.read().unwrap().encode_snapshot();
+        s
+    };
+    let expected;
+    {
+        let (_log, mut sm) = pgw_store::open(dir.path()).unwrap();
+        sm.apply([
+            membership(1, 1, &[1]),
+            normal(
+                1,
+                2,
+                push(
+                    &old,
+                    true,
+                    500,
+                    &[gauge("a", &[("x", 9.0)]), big_gauge("big", 200_000)],
+                ),
+            ),
+        ])
+        .await
+        .unwrap();
+        let responses = sm
+            .apply([
+                normal(
+                    1,
+                    3,
+                    Command::Replace {
+                        snapshot: snapshot.clone(),
+                    },
+                ),
+                normal(1, 4, push(&k, false, 3_000, &[gauge("c", &[("z", 3.0)])])),
+            ])
+            .await
+            .unwrap();
+        assert_eq!(
+            responses,
+            vec![CommandResponse::Applied, CommandResponse::Applied]
+        );
+        {
+            let shared = sm.shared();
+            let store = shared.read().unwrap();
+            assert!(store.get(&old).is_none());
+            assert_eq!(store.len(), 2);
+            assert!(store.get(&k).unwrap().families.contains_key("c"));
+        }
+        expected = content(&sm.shared());
+    }
+    let (_log, mut sm) = pgw_store::open(dir.path()).unwrap();
+    assert_eq!(content(&sm.shared()), expected);
+    assert_eq!(sm.applied_state().await.unwrap().0, Some(lid(1, 4)));
+}
