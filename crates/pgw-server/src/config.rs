@@ -165,22 +165,38 @@ pub struct Config {
 
     /// Static cluster: every voter as `id=host:port` (their gRPC addresses), comma-separated,
     /// this node included. The lowest id initialises the cluster once.
-    #[arg(long = "cluster.peers", value_name = "ID=HOST:PORT,...", help_heading = "Cluster")]
+    #[arg(
+        long = "cluster.peers",
+        value_name = "ID=HOST:PORT,...",
+        help_heading = "Cluster"
+    )]
     pub peers: Option<String>,
 
     /// Dynamic membership: join the cluster that the member at this gRPC address (or these,
     /// comma-separated) belongs to, as a learner promoted to voter once caught up.
-    #[arg(long = "cluster.join", value_name = "HOST:PORT[,...]", help_heading = "Cluster")]
+    #[arg(
+        long = "cluster.join",
+        value_name = "HOST:PORT[,...]",
+        help_heading = "Cluster"
+    )]
     pub join: Option<String>,
 
     /// Address of the internal gRPC port (Raft, forwarded writes, admin; for trusted peers
     /// only). Opened in a cluster, or in a single node when given. Default `:9095`.
-    #[arg(long = "cluster.listen-address", value_name = "ADDR", help_heading = "Cluster")]
+    #[arg(
+        long = "cluster.listen-address",
+        value_name = "ADDR",
+        help_heading = "Cluster"
+    )]
     pub cluster_listen_address: Option<String>,
 
     /// The gRPC address other members and pgwctl reach this node at. Default: this node's
     /// entry in --cluster.peers, else --cluster.listen-address.
-    #[arg(long = "cluster.advertise-address", value_name = "HOST:PORT", help_heading = "Cluster")]
+    #[arg(
+        long = "cluster.advertise-address",
+        value_name = "HOST:PORT",
+        help_heading = "Cluster"
+    )]
     pub advertise_address: Option<String>,
 
     /// Raft heartbeat interval.
@@ -438,9 +454,11 @@ impl Config {
             ));
         }
         if self.peers.is_some() && self.join.is_some() {
-            return err("--cluster.peers and --cluster.join are exclusive: use peers for a \
+            return err(
+                "--cluster.peers and --cluster.join are exclusive: use peers for a \
                         static cluster, join to add this node to a running one"
-                .into());
+                    .into(),
+            );
         }
         let clustered = self.peers.is_some() || self.join.is_some();
         if self.node_id == Some(0) {
@@ -450,7 +468,9 @@ impl Config {
             (Some(id), _) => id,
             (None, false) => 1,
             (None, true) => {
-                return err("--cluster.node-id is required with --cluster.peers or --cluster.join".into());
+                return err(
+                    "--cluster.node-id is required with --cluster.peers or --cluster.join".into(),
+                );
             }
         };
         let mut peers = BTreeMap::new();
@@ -514,7 +534,13 @@ impl Config {
                 None => listen.clone(),
             },
         };
-        Ok(ClusterSettings { node_id, peers, join, listen_address, advertise_address })
+        Ok(ClusterSettings {
+            node_id,
+            peers,
+            join,
+            listen_address,
+            advertise_address,
+        })
     }
 
     /// Every flag under its upstream name with its value as a string (spec §9.1): booleans
@@ -547,14 +573,29 @@ impl Config {
         put("web.systemd-socket", String::new());
         put("web.telemetry-path", self.telemetry_path.clone());
         // pgw's own flags.
-        put("cluster.advertise-address", self.advertise_address.clone().unwrap_or_default());
+        put(
+            "cluster.advertise-address",
+            self.advertise_address.clone().unwrap_or_default(),
+        );
         put("cluster.join", self.join.clone().unwrap_or_default());
-        put("cluster.listen-address", self.cluster_listen_address.clone().unwrap_or_default());
-        put("cluster.node-id", self.node_id.map(|i| i.to_string()).unwrap_or_default());
+        put(
+            "cluster.listen-address",
+            self.cluster_listen_address.clone().unwrap_or_default(),
+        );
+        put(
+            "cluster.node-id",
+            self.node_id.map(|i| i.to_string()).unwrap_or_default(),
+        );
         put("cluster.peers", self.peers.clone().unwrap_or_default());
         put("cluster.write-timeout", format_duration(self.write_timeout));
-        put("raft.election-timeout", format_duration(self.election_timeout));
-        put("raft.heartbeat-interval", format_duration(self.heartbeat_interval));
+        put(
+            "raft.election-timeout",
+            format_duration(self.election_timeout),
+        );
+        put(
+            "raft.heartbeat-interval",
+            format_duration(self.heartbeat_interval),
+        );
         put("push.max-body-bytes", self.max_body_bytes.to_string());
         put("raft.snapshot-every", self.snapshot_every.to_string());
         put("storage.path", self.storage_path.display().to_string());
@@ -569,7 +610,9 @@ impl Config {
 /// Whether `s` looks like `host:port` (host may be `[v6]`, port numeric).
 fn valid_host_port(s: &str) -> bool {
     match s.rsplit_once(':') {
-        Some((host, port)) => !host.is_empty() && port.parse::<u16>().is_ok() && !host.contains('/'),
+        Some((host, port)) => {
+            !host.is_empty() && port.parse::<u16>().is_ok() && !host.contains('/')
+        }
         None => false,
     }
 }

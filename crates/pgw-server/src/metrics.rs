@@ -387,6 +387,82 @@ fn process_families() -> Vec<MetricFamily> {
     out
 }
 
+/// The node's Raft and cluster self-metrics (`pgw_raft_*`, `pgw_cluster_*`), from the live
+/// node. Node-local: never replicated, different on every replica.
+pub fn cluster_families(node: &pgw_raft::Node) -> Vec<MetricFamily> {
+    use std::sync::atomic::Ordering::Relaxed;
+    let st = node.status();
+    let c = node.counters();
+    let mut out = Vec::new();
+    let counter = |out: &mut Vec<MetricFamily>, name: &str, v: u64| {
+        push_family(out, name, vec![metric(&[], Value::Counter(v as f64))]);
+    };
+    counter(
+        &mut out,
+        "pgw_cluster_forwarded_writes_total",
+        c.forwarded_writes.load(Relaxed),
+    );
+    gauge(
+        &mut out,
+        "pgw_cluster_pending_writes",
+        Some(c.pending_writes.load(Relaxed).max(0) as f64),
+    );
+    gauge(
+        &mut out,
+        "pgw_raft_applied_index",
+        Some(st.applied_index as f64),
+    );
+    gauge(
+        &mut out,
+        "pgw_raft_commit_index",
+        Some(st.commit_index as f64),
+    );
+    gauge(
+        &mut out,
+        "pgw_raft_is_leader",
+        Some(if st.is_leader { 1.0 } else { 0.0 }),
+    );
+    gauge(
+        &mut out,
+        "pgw_raft_last_log_index",
+        Some(st.last_log_index as f64),
+    );
+    counter(
+        &mut out,
+        "pgw_raft_leader_changes_total",
+        c.leader_changes.load(Relaxed),
+    );
+    gauge(
+        &mut out,
+        "pgw_raft_leader_id",
+        Some(st.leader.unwrap_or(0) as f64),
+    );
+    let lags: Vec<pb::Metric> = node
+        .members()
+        .into_iter()
+        .filter_map(|m| m.lag.map(|lag| (m.id, lag)))
+        .map(|(id, lag)| metric(&[("peer", &id.to_string())], Value::Gauge(lag as f64)))
+        .collect();
+    push_family(&mut out, "pgw_raft_replication_lag_entries", lags);
+    gauge(
+        &mut out,
+        "pgw_raft_snapshot_index",
+        Some(st.snapshot_index as f64),
+    );
+    gauge(
+        &mut out,
+        "pgw_raft_snapshot_size_bytes",
+        node.snapshot_size().map(|s| s as f64),
+    );
+    counter(
+        &mut out,
+        "pgw_raft_snapshots_total",
+        c.snapshots.load(Relaxed),
+    );
+    gauge(&mut out, "pgw_raft_term", Some(st.term as f64));
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -454,34 +530,3 @@ mod tests {
     }
 }
 
-/// The node's Raft and cluster self-metrics (`pgw_raft_*`, `pgw_cluster_*`), from the live
-/// node. Node-local: never replicated, different on every replica.
-pub fn cluster_families(node: &pgw_raft::Node) -> Vec<MetricFamily> {
-    use std::sync::atomic::Ordering::Relaxed;
-    let st = node.status();
-    let c = node.counters();
-    let mut out = Vec::new();
-    let counter = |out: &mut Vec<MetricFamily>, name: &str, v: u64| {
-        push_family(out, name, vec![metric(&[], Value::Counter(v as f64))]);
-    };
-    counter(&mut out, "pgw_cluster_forwarded_writes_total", c.forwarded_writes.load(Relaxed));
-    gauge(&mut out, "pgw_cluster_pending_writes", Some(c.pending_writes.load(Relaxed).max(0) as f64));
-    gauge(&mut out, "pgw_raft_applied_index", Some(st.applied_index as f64));
-    gauge(&mut out, "pgw_raft_commit_index", Some(st.commit_index as f64));
-    gauge(&mut out, "pgw_raft_is_leader", Some(if st.is_leader { 1.0 } else { 0.0 }));
-    gauge(&mut out, "pgw_raft_last_log_index", Some(st.last_log_index as f64));
-    counter(&mut out, "pgw_raft_leader_changes_total", c.leader_changes.load(Relaxed));
-    gauge(&mut out, "pgw_raft_leader_id", Some(st.leader.unwrap_or(0) as f64));
-    let lags: Vec<pb::Metric> = node
-        .members()
-        .into_iter()
-        .filter_map(|m| m.lag.map(|lag| (m.id, lag)))
-        .map(|(id, lag)| metric(&[("peer", &id.to_string())], Value::Gauge(lag as f64)))
-        .collect();
-    push_family(&mut out, "pgw_raft_replication_lag_entries", lags);
-    gauge(&mut out, "pgw_raft_snapshot_index", Some(st.snapshot_index as f64));
-    gauge(&mut out, "pgw_raft_snapshot_size_bytes", node.snapshot_size().map(|s| s as f64));
-    counter(&mut out, "pgw_raft_snapshots_total", c.snapshots.load(Relaxed));
-    gauge(&mut out, "pgw_raft_term", Some(st.term as f64));
-    out
-}

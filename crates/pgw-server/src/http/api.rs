@@ -84,9 +84,10 @@ pub(super) async fn handle(
             with_cors(metrics(app, parts.uri.query()).await),
             Instrument::handler("api/v1/metrics"),
         ),
-        Outcome::Match(ApiRoute::Cluster, _) => {
-            (with_cors(cluster(app)), Instrument::handler("api/v1/cluster"))
-        }
+        Outcome::Match(ApiRoute::Cluster, _) => (
+            with_cors(cluster(app)),
+            Instrument::handler("api/v1/cluster"),
+        ),
         Outcome::Redirect(code, to) => {
             // Upstream redirects to the path with `<prefix>/api/v1` stripped (a bug of
             // StripPrefix + httprouter); pgw keeps the full path.
@@ -253,7 +254,8 @@ async fn metrics(app: &Arc<App>, query: Option<&str>) -> Response {
         Ok(true) => {
             if let Err(e) = app.node.linearizable_barrier().await {
                 let mut r = resp::error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string());
-                r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                r.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
                 return r;
             }
         }

@@ -298,17 +298,25 @@ fn ready(app: &App, parts: &Parts) -> Response {
     if leader_ok {
         body.push_str(&format!("[+]leader ok (node {})\n", st.leader.unwrap_or(0)));
     } else {
-        body.push_str("[-]leader failed: no Raft leader known (election under way or no quorum reachable)\n");
+        body.push_str(
+            "[-]leader failed: no Raft leader known (election under way or no quorum reachable)\n",
+        );
     }
     if caught_up {
-        body.push_str(&format!("[+]caught-up ok (applied {}, committed {})\n", st.applied_index, st.commit_index));
+        body.push_str(&format!(
+            "[+]caught-up ok (applied {}, committed {})\n",
+            st.applied_index, st.commit_index
+        ));
     } else {
         body.push_str(&format!(
             "[-]caught-up failed: applied {} of {} committed entries ({lag} behind)\n",
             st.applied_index, st.commit_index
         ));
     }
-    let verbose = parts.uri.query().is_some_and(|q| q.split('&').any(|p| p == "verbose" || p.starts_with("verbose=")));
+    let verbose = parts.uri.query().is_some_and(|q| {
+        q.split('&')
+            .any(|p| p == "verbose" || p.starts_with("verbose="))
+    });
     if leader_ok && caught_up {
         if verbose {
             body.push_str("OK");
@@ -318,7 +326,10 @@ fn ready(app: &App, parts: &Parts) -> Response {
     }
     body.push_str("not ready");
     let mut r = resp::plain(StatusCode::SERVICE_UNAVAILABLE, body);
-    r.headers_mut().insert(http::header::RETRY_AFTER, http::HeaderValue::from_static("1"));
+    r.headers_mut().insert(
+        http::header::RETRY_AFTER,
+        http::HeaderValue::from_static("1"),
+    );
     r
 }
 

@@ -14,8 +14,7 @@ use http::StatusCode;
 use http::header::{self, HeaderName};
 use http::request::Parts;
 use pgw_core::body::BodyError;
-use pgw_core::command::{Payload, Push};
-use pgw_core::text::ParseError;
+use pgw_core::command::Push;
 use pgw_core::{Command, CommandResponse, GroupingKey};
 use pgw_raft::WriteError;
 
@@ -161,17 +160,7 @@ fn build_command(
     } else {
         match pgw_core::text::parse(&decoded) {
             Ok(f) => f,
-            Err(ParseError::NotUtf8(msg)) => {
-                // Syntactically fine: a failed push the store records (spec §5.2).
-                return Ok(Command::Push(Push {
-                    key,
-                    replace,
-                    time_ns: now_ns(),
-                    check,
-                    payload: Payload::Invalid(msg),
-                }));
-            }
-            Err(e @ ParseError::Syntax { .. }) => {
+            Err(e) => {
                 tracing::debug!(err = %e, "failed to parse text");
                 return Err(Refusal::bad_request(e));
             }
@@ -212,6 +201,13 @@ pub(super) async fn wipe(app: &Arc<App>) -> Response {
 async fn write(app: &App, cmd: Command, ok: StatusCode, method: &http::Method) -> Response {
     match app.node.write(cmd).await {
         Ok(CommandResponse::Applied) => resp::empty(ok),
+        // With the consistency check disabled upstream answers 202 before the write is
+        // processed, so a push it then refuses (samples with timestamps) still gets 202 and
+        // only its failure time is recorded. pgw answers after apply but keeps that contract.
+        Ok(CommandResponse::Rejected(msg)) if ok == StatusCode::ACCEPTED => {
+            tracing::warn!(%method, err = %msg, "unchecked push recorded as failed");
+            resp::empty(ok)
+        }
         Ok(CommandResponse::Rejected(msg)) => {
             tracing::warn!(%method, err = %msg, "pushed metrics are invalid or inconsistent with existing metrics");
             resp::error(StatusCode::BAD_REQUEST, &msg)
