@@ -99,6 +99,9 @@ pub struct Proc {
     child: Option<Child>,
     /// Set by [`Proc::keep_log_quiet`]: do not dump the log when dropped while panicking.
     quiet: bool,
+    /// The path polled until it answers 200 after a (re)start: `/-/ready` unless started
+    /// with [`Proc::start_server_live`].
+    ready_path: &'static str,
 }
 
 impl Proc {
@@ -119,6 +122,24 @@ impl Proc {
         }
     }
 
+    /// Like [`Proc::start_server`], but waits only until the HTTP server answers
+    /// `/-/healthy`, not until the node is ready: for a node that waits to be added to a
+    /// cluster (it has no leader until then).
+    pub async fn start_server_live(
+        kind: Kind,
+        name: &str,
+        data_dir: &Path,
+        log_dir: &Path,
+        extra_args: &[&str],
+    ) -> Proc {
+        match Proc::try_start_server_at(kind, name, data_dir, log_dir, extra_args, "/-/healthy")
+            .await
+        {
+            Ok(p) => p,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
     /// Like [`Proc::start_server`], but an exit before readiness is returned.
     pub async fn try_start_server(
         kind: Kind,
@@ -126,6 +147,17 @@ impl Proc {
         data_dir: &Path,
         log_dir: &Path,
         extra_args: &[&str],
+    ) -> Result<Proc, StartFailure> {
+        Proc::try_start_server_at(kind, name, data_dir, log_dir, extra_args, "/-/ready").await
+    }
+
+    async fn try_start_server_at(
+        kind: Kind,
+        name: &str,
+        data_dir: &Path,
+        log_dir: &Path,
+        extra_args: &[&str],
+        ready_path: &'static str,
     ) -> Result<Proc, StartFailure> {
         std::fs::create_dir_all(data_dir).expect("create data dir");
         let mut p = Proc {
@@ -137,6 +169,7 @@ impl Proc {
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
             child: None,
             quiet: false,
+            ready_path,
         };
         p.try_launch().await?;
         Ok(p)
@@ -230,8 +263,8 @@ impl Proc {
         unreachable!("the last attempt returns")
     }
 
-    /// Polls `/-/ready` until it answers 200. Returns the exit status if the child died
-    /// first; panics (with the log) at the deadline.
+    /// Polls `/-/ready` (or the path given at start) until it answers 200. Returns the exit
+    /// status if the child died first; panics (with the log) at the deadline.
     async fn wait_ready_or_exit(
         &mut self,
         deadline: Instant,
@@ -242,15 +275,16 @@ impl Proc {
             {
                 return Err(status);
             }
-            let last = match get(self.addr, "/-/ready", Duration::from_secs(2)).await {
+            let last = match get(self.addr, self.ready_path, Duration::from_secs(2)).await {
                 Ok(r) if r.status == 200 => return Ok(()),
                 Ok(r) => format!("status {} body {:?}", r.status, r.text()),
                 Err(e) => e,
             };
             if Instant::now() >= deadline {
                 panic!(
-                    "{}: /-/ready on {} did not answer 200 within {:?} (last: {last}); log {}:\n{}",
+                    "{}: {} on {} did not answer 200 within {:?} (last: {last}); log {}:\n{}",
                     self.name,
+                    self.ready_path,
                     self.addr,
                     READY_TIMEOUT,
                     self.log_path.display(),

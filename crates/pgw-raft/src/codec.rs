@@ -16,7 +16,9 @@ pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, String> {
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
     match bytes.split_first() {
         None => Err("empty payload".into()),
-        Some((&FORMAT, rest)) => postcard::from_bytes(rest).map_err(|e| format!("malformed payload: {e}")),
+        Some((&FORMAT, rest)) => {
+            postcard::from_bytes(rest).map_err(|e| format!("malformed payload: {e}"))
+        }
         Some((v, _)) => Err(format!("unsupported payload format version {v}")),
     }
 }

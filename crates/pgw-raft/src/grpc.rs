@@ -1,5 +1,6 @@
 //! The server side of the internal gRPC API: `pgw.v1.RaftService` (Raft RPCs, snapshot
-//! streaming, forwarded writes) and `pgw.v1.AdminService` (membership, status, snapshots).
+//! streaming, forwarded writes) and `pgw.v1.AdminService` (membership, status, snapshots,
+//! backup and restore).
 //!
 //! # Protocol safety
 //! These services drive consensus and membership. They are for trusted cluster members and
@@ -7,28 +8,39 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Cursor;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::{ChangeMembers, Snapshot, SnapshotMeta, Vote};
-use pgw_core::Command;
+use pgw_core::{Command, CommandResponse, GroupStore};
 use pgw_proto::v1::admin_service_server::AdminService;
 use pgw_proto::v1::raft_service_server::RaftService;
 use pgw_proto::v1::{
-    AddLearnerRequest, ChangeMembershipRequest, ForwardWriteReply, ForwardWriteRequest, Member,
-    MembershipReply, RaftReply, RaftRequest, ReadIndexReply, ReadIndexRequest, SnapshotChunk, StatusReply, StatusRequest,
+    AddLearnerRequest, BackupChunk, BackupRequest, ChangeMembershipRequest, ForwardWriteReply,
+    ForwardWriteRequest, Member, MembershipReply, RaftReply, RaftRequest, ReadIndexReply,
+    ReadIndexRequest, RestoreChunk, RestoreReply, SnapshotChunk, StatusReply, StatusRequest,
     TriggerSnapshotReply, TriggerSnapshotRequest,
 };
-use pgw_store::{Node, NodeId, TypeConfig};
+use pgw_store::{Node, NodeId, SharedStore, TypeConfig};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::{PgwRaft, codec};
 
 /// Encodes an openraft result as a [`RaftReply`].
-fn reply<T: serde::Serialize, E: serde::Serialize>(r: Result<T, E>) -> Result<Response<RaftReply>, Status> {
+fn reply<T: serde::Serialize, E: serde::Serialize>(
+    r: Result<T, E>,
+) -> Result<Response<RaftReply>, Status> {
     let out = match r {
-        Ok(v) => RaftReply { ok: codec::encode(&v).map_err(Status::internal)?.into(), error: Default::default() },
-        Err(e) => RaftReply { ok: Default::default(), error: codec::encode(&e).map_err(Status::internal)?.into() },
+        Ok(v) => RaftReply {
+            ok: codec::encode(&v).map_err(Status::internal)?.into(),
+            error: Default::default(),
+        },
+        Err(e) => RaftReply {
+            ok: Default::default(),
+            error: codec::encode(&e).map_err(Status::internal)?.into(),
+        },
     };
     Ok(Response::new(out))
 }
@@ -51,7 +63,10 @@ impl RaftGrpc {
 
 #[tonic::async_trait]
 impl RaftService for RaftGrpc {
-    async fn append_entries(&self, req: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {
+    async fn append_entries(
+        &self,
+        req: Request<RaftRequest>,
+    ) -> Result<Response<RaftReply>, Status> {
         let rpc = codec::decode(&req.into_inner().payload).map_err(bad_request)?;
         reply(self.raft.append_entries(rpc).await)
     }
@@ -61,7 +76,10 @@ impl RaftService for RaftGrpc {
         reply(self.raft.vote(rpc).await)
     }
 
-    async fn snapshot(&self, req: Request<Streaming<SnapshotChunk>>) -> Result<Response<RaftReply>, Status> {
+    async fn snapshot(
+        &self,
+        req: Request<Streaming<SnapshotChunk>>,
+    ) -> Result<Response<RaftReply>, Status> {
         let mut stream = req.into_inner();
         let mut vote: Option<Vote<NodeId>> = None;
         let mut meta: Option<SnapshotMeta<NodeId, Node>> = None;
@@ -76,7 +94,10 @@ impl RaftService for RaftGrpc {
         let (Some(vote), Some(meta)) = (vote, meta) else {
             return Err(Status::invalid_argument("empty snapshot stream"));
         };
-        let snapshot = Snapshot::<TypeConfig> { meta, snapshot: Box::new(Cursor::new(data)) };
+        let snapshot = Snapshot::<TypeConfig> {
+            meta,
+            snapshot: Box::new(Cursor::new(data)),
+        };
         reply(self.raft.install_full_snapshot(vote, snapshot).await)
     }
 
@@ -84,7 +105,8 @@ impl RaftService for RaftGrpc {
         &self,
         req: Request<ForwardWriteRequest>,
     ) -> Result<Response<ForwardWriteReply>, Status> {
-        let cmd = Command::decode(&req.into_inner().command).map_err(|e| bad_request(e.to_string()))?;
+        let cmd =
+            Command::decode(&req.into_inner().command).map_err(|e| bad_request(e.to_string()))?;
         match self.raft.client_write(cmd).await {
             Ok(resp) => Ok(Response::new(ForwardWriteReply {
                 response: resp.data.encode().into(),
@@ -103,9 +125,15 @@ impl RaftService for RaftGrpc {
         }
     }
 
-    async fn read_index(&self, _req: Request<ReadIndexRequest>) -> Result<Response<ReadIndexReply>, Status> {
+    async fn read_index(
+        &self,
+        _req: Request<ReadIndexRequest>,
+    ) -> Result<Response<ReadIndexReply>, Status> {
         match read_index(&self.raft).await.map_err(Status::unavailable)? {
-            Ok(index) => Ok(Response::new(ReadIndexReply { index, ..Default::default() })),
+            Ok(index) => Ok(Response::new(ReadIndexReply {
+                index,
+                ..Default::default()
+            })),
             Err((leader_id, leader_address)) => Ok(Response::new(ReadIndexReply {
                 not_leader: true,
                 leader_id,
@@ -130,30 +158,98 @@ pub async fn read_index(raft: &PgwRaft) -> Result<Result<u64, (u64, String)>, St
     }
 }
 
+/// Size of one data chunk of the `Backup` and `Restore` streams.
+pub const BACKUP_CHUNK: usize = 1 << 20;
+
+/// Metadata key naming the leader's gRPC address on a FAILED_PRECONDITION from a non-leader.
+pub const LEADER_METADATA: &str = "x-pgw-leader";
+
+/// Metadata key set (to "1") on a FAILED_PRECONDITION from a node that knows no leader: the
+/// caller should retry shortly (an election is under way, or no quorum is reachable).
+pub const NO_LEADER_METADATA: &str = "x-pgw-no-leader";
+
 /// The admin service of one node.
 pub struct AdminGrpc {
     raft: PgwRaft,
     node: Arc<crate::NodeShared>,
+    store: SharedStore,
 }
 
+/// The server stream of `Backup`.
+pub type BackupStream =
+    Pin<Box<dyn futures::Stream<Item = Result<BackupChunk, Status>> + Send + 'static>>;
+
 impl AdminGrpc {
-    /// Serves `raft`.
-    pub(crate) fn new(raft: PgwRaft, node: Arc<crate::NodeShared>) -> Self {
-        AdminGrpc { raft, node }
+    /// Serves `raft`; `store` is the applied state that `Backup` copies.
+    pub(crate) fn new(raft: PgwRaft, node: Arc<crate::NodeShared>, store: SharedStore) -> Self {
+        AdminGrpc { raft, node, store }
+    }
+
+    /// Refuses a restore unless this node leads a cluster whose only voter is itself.
+    fn check_restorable(&self) -> Result<(), Status> {
+        let m = self.raft.metrics().borrow().clone();
+        let voters: Vec<NodeId> = m.membership_config.membership().voter_ids().collect();
+        if voters.is_empty() {
+            return Err(Status::failed_precondition(format!(
+                "node {} has not initialised a cluster (it waits to be added to one); restore \
+                 into a node started without --cluster.peers/--cluster.join",
+                self.node.id
+            )));
+        }
+        if voters != [self.node.id] {
+            let list = voters
+                .iter()
+                .map(|v| v.to_string())
+                .collect::<Vec<_>>()
+                .join(", ");
+            return Err(Status::failed_precondition(format!(
+                "node {} belongs to a cluster of {} voters ({list}); a backup can only be restored \
+                 into a fresh single-node cluster: start one pgw with an empty --storage.path and \
+                 no --cluster.peers/--cluster.join, restore into it, then add the other nodes \
+                 with `pgwctl member add`",
+                self.node.id,
+                voters.len()
+            )));
+        }
+        if m.current_leader != Some(self.node.id) {
+            return Err(self.not_leader());
+        }
+        Ok(())
+    }
+
+    /// Whether the local store holds no group.
+    fn store_len(&self) -> usize {
+        match self.store.read() {
+            Ok(g) => g.len(),
+            Err(p) => p.into_inner().len(),
+        }
     }
 
     fn not_leader(&self) -> Status {
         let m = self.raft.metrics().borrow().clone();
         let leader = m.current_leader.and_then(|id| {
-            m.membership_config.membership().get_node(&id).map(|n| (id, n.raft_addr.clone()))
+            m.membership_config
+                .membership()
+                .get_node(&id)
+                .map(|n| (id, n.raft_addr.clone()))
         });
         let mut status = Status::failed_precondition(match &leader {
-            Some((id, addr)) => format!("this node does not lead; the leader is node {id} at {addr}"),
+            Some((id, addr)) => {
+                format!("this node does not lead; the leader is node {id} at {addr}")
+            }
             None => "this node does not lead and no leader is known; retry shortly".to_string(),
         });
-        if let Some((_, addr)) = leader {
-            if let Ok(v) = addr.parse() {
-                status.metadata_mut().insert("x-pgw-leader", v);
+        match leader {
+            Some((_, addr)) => {
+                if let Ok(v) = addr.parse() {
+                    status.metadata_mut().insert(LEADER_METADATA, v);
+                }
+            }
+            None => {
+                status.metadata_mut().insert(
+                    NO_LEADER_METADATA,
+                    tonic::metadata::MetadataValue::from_static("1"),
+                );
             }
         }
         status
@@ -183,7 +279,12 @@ pub fn members_of(raft: &PgwRaft) -> Vec<Member> {
 }
 
 fn write_error(e: RaftError<NodeId, ClientWriteError<NodeId, Node>>) -> Status {
+    use openraft::error::ChangeMembershipError;
     match e {
+        // Another change is still being committed: retrying shortly is the fix.
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(
+            ChangeMembershipError::InProgress(p),
+        )) => Status::unavailable(format!("{p}; retry in a moment")),
         RaftError::APIError(ClientWriteError::ChangeMembershipError(c)) => {
             Status::failed_precondition(c.to_string())
         }
@@ -223,16 +324,23 @@ impl AdminService for AdminGrpc {
         req: Request<AddLearnerRequest>,
     ) -> Result<Response<MembershipReply>, Status> {
         let req = req.into_inner();
-        let member = req.member.ok_or_else(|| Status::invalid_argument("member is required"))?;
+        let member = req
+            .member
+            .ok_or_else(|| Status::invalid_argument("member is required"))?;
         if member.id == 0 {
-            return Err(Status::invalid_argument("node id 0 is reserved; use ids from 1"));
+            return Err(Status::invalid_argument(
+                "node id 0 is reserved; use ids from 1",
+            ));
         }
         if self.raft.metrics().borrow().current_leader != Some(self.node.id) {
             return Err(self.not_leader());
         }
         let already_voter = voter_ids(&self.raft).contains_key(&member.id);
         if !already_voter {
-            let node = Node { raft_addr: member.raft_address, http_addr: member.http_address };
+            let node = Node {
+                raft_addr: member.raft_address,
+                http_addr: member.http_address,
+            };
             // Adding a node that is already a member changes nothing (idempotent).
             self.raft
                 .add_learner(member.id, node, req.blocking || req.promote)
@@ -240,12 +348,17 @@ impl AdminService for AdminGrpc {
                 .map_err(write_error)?;
             if req.promote {
                 self.raft
-                    .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([member.id])), false)
+                    .change_membership(
+                        ChangeMembers::AddVoterIds(BTreeSet::from([member.id])),
+                        false,
+                    )
                     .await
                     .map_err(write_error)?;
             }
         }
-        Ok(Response::new(MembershipReply { members: self.members() }))
+        Ok(Response::new(MembershipReply {
+            members: self.members(),
+        }))
     }
 
     async fn change_membership(
@@ -258,39 +371,218 @@ impl AdminService for AdminGrpc {
         }
         let voters: BTreeSet<NodeId> = req.voters.into_iter().collect();
         if voters.is_empty() {
-            return Err(Status::invalid_argument("the new membership needs at least one voter"));
+            return Err(Status::invalid_argument(
+                "the new membership needs at least one voter",
+            ));
         }
-        self.raft
-            .change_membership(ChangeMembers::ReplaceAllVoters(voters), req.retain)
-            .await
-            .map_err(write_error)?;
-        if !req.remove_nodes.is_empty() {
-            let gone: BTreeSet<NodeId> = req.remove_nodes.into_iter().collect();
+        // Only change the voters when they change (removing a learner keeps them), so that a
+        // retried request converges instead of proposing a new entry each time.
+        let current: BTreeSet<NodeId> = voter_ids(&self.raft).into_keys().collect();
+        if voters != current {
+            self.raft
+                .change_membership(ChangeMembers::ReplaceAllVoters(voters), req.retain)
+                .await
+                .map_err(write_error)?;
+        }
+        // Voters removed without `retain` are already gone; only remove what is left. When
+        // this node removed itself it no longer leads, and there is nothing left to do.
+        let present: BTreeSet<NodeId> = members_of(&self.raft).into_iter().map(|m| m.id).collect();
+        let gone: BTreeSet<NodeId> = req
+            .remove_nodes
+            .into_iter()
+            .filter(|id| present.contains(id))
+            .collect();
+        if !gone.is_empty() {
             self.raft
                 .change_membership(ChangeMembers::RemoveNodes(gone), false)
                 .await
                 .map_err(write_error)?;
         }
-        Ok(Response::new(MembershipReply { members: self.members() }))
+        Ok(Response::new(MembershipReply {
+            members: self.members(),
+        }))
     }
 
     async fn trigger_snapshot(
         &self,
         _req: Request<TriggerSnapshotRequest>,
     ) -> Result<Response<TriggerSnapshotReply>, Status> {
-        let before = self.raft.metrics().borrow().snapshot.map_or(0, |l| l.index);
-        let applied = self.raft.metrics().borrow().last_applied.map_or(0, |l| l.index);
-        self.raft.trigger().snapshot().await.map_err(|e| Status::unavailable(e.to_string()))?;
+        let applied = self
+            .raft
+            .metrics()
+            .borrow()
+            .last_applied
+            .map_or(0, |l| l.index);
+        self.raft
+            .trigger()
+            .snapshot()
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
         let m = self
             .raft
             .wait(Some(std::time::Duration::from_secs(60)))
             .metrics(
-                |m| m.snapshot.map_or(0, |l| l.index) >= applied && (applied > before || applied == before),
+                |m| m.snapshot.map_or(0, |l| l.index) >= applied,
                 "snapshot built",
             )
             .await
             .map_err(|e| Status::deadline_exceeded(e.to_string()))?;
-        Ok(Response::new(TriggerSnapshotReply { snapshot_index: m.snapshot.map_or(0, |l| l.index) }))
+        Ok(Response::new(TriggerSnapshotReply {
+            snapshot_index: m.snapshot.map_or(0, |l| l.index),
+        }))
+    }
+
+    type BackupStream = BackupStream;
+
+    /// Confirms leadership with a quorum (a read index; skipped when `local` is asked), waits
+    /// until that index is applied here, then encodes the applied store under its read lock
+    /// (one consistent moment) and streams it in [`BACKUP_CHUNK`]-sized pieces.
+    async fn backup(&self, req: Request<BackupRequest>) -> Result<Response<BackupStream>, Status> {
+        if !req.into_inner().local {
+            let index = match read_index(&self.raft).await.map_err(|e| {
+                Status::unavailable(format!(
+                    "node {} cannot confirm its leadership: {e}",
+                    self.node.id
+                ))
+            })? {
+                Ok(index) => index,
+                Err(_) => return Err(self.not_leader()),
+            };
+            self.raft
+                .wait(Some(Duration::from_secs(30)))
+                .applied_index_at_least(Some(index), "backup: read index applied")
+                .await
+                .map_err(|e| {
+                    Status::unavailable(format!(
+                        "node {} did not apply index {index}: {e}",
+                        self.node.id
+                    ))
+                })?;
+        }
+        let raft = self.raft.clone();
+        let store = self.store.clone();
+        let (data, applied, groups) = tokio::task::spawn_blocking(move || {
+            let guard = match store.read() {
+                Ok(g) => g,
+                Err(p) => p.into_inner(),
+            };
+            // Nothing is applied while the read lock is held, and openraft publishes an applied
+            // index only after the state machine applied it: the store holds at least this.
+            let applied = raft.metrics().borrow().last_applied.map_or(0, |l| l.index);
+            (guard.encode_snapshot(), applied, guard.len() as u64)
+        })
+        .await
+        .map_err(|e| Status::internal(format!("encoding the backup failed: {e}")))?;
+        let term = self.raft.metrics().borrow().current_term;
+        let header = BackupChunk {
+            applied_index: applied,
+            term,
+            leader_id: self.node.id,
+            total_size: data.len() as u64,
+            data_crc32: crc32fast::hash(&data),
+            groups,
+            data: Default::default(),
+        };
+        let data = bytes::Bytes::from(data);
+        let mut chunks = Vec::with_capacity(data.len() / BACKUP_CHUNK + 1);
+        let mut off = 0;
+        loop {
+            let end = (off + BACKUP_CHUNK).min(data.len());
+            chunks.push(data.slice(off..end));
+            off = end;
+            if off >= data.len() {
+                break;
+            }
+        }
+        tracing::info!(applied, bytes = data.len(), groups, "streaming a backup");
+        let mut header = Some(header);
+        let stream = futures::stream::iter(chunks.into_iter().map(move |piece| {
+            let mut chunk = header.take().unwrap_or_default();
+            chunk.data = piece;
+            Ok(chunk)
+        }));
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    /// Receives a backup, checks its size and CRC, decodes it (so a bad file changes nothing),
+    /// and proposes it as one [`Command::Replace`].
+    async fn restore(
+        &self,
+        req: Request<Streaming<RestoreChunk>>,
+    ) -> Result<Response<RestoreReply>, Status> {
+        self.check_restorable()?;
+        let mut stream = req.into_inner();
+        let mut header: Option<(u64, u32, bool)> = None;
+        let mut data = Vec::new();
+        while let Some(chunk) = stream.message().await? {
+            let (total, _, _) =
+                *header.get_or_insert((chunk.total_size, chunk.data_crc32, chunk.force));
+            if data.is_empty() {
+                data.reserve(usize::try_from(total.min(1 << 30)).unwrap_or(0));
+            }
+            data.extend_from_slice(&chunk.data);
+            if data.len() as u64 > total {
+                return Err(Status::invalid_argument(format!(
+                    "the restore stream carries more than the announced {total} bytes"
+                )));
+            }
+        }
+        let Some((total, crc, force)) = header else {
+            return Err(Status::invalid_argument("empty restore stream"));
+        };
+        if data.len() as u64 != total {
+            return Err(Status::invalid_argument(format!(
+                "the restore stream ended after {} of {total} bytes; run the restore again",
+                data.len()
+            )));
+        }
+        if crc32fast::hash(&data) != crc {
+            return Err(Status::data_loss(
+                "the restore data does not match its CRC-32; run the restore again",
+            ));
+        }
+        let (data, groups, series) = tokio::task::spawn_blocking(move || {
+            GroupStore::decode_snapshot(&data)
+                .map(|s| (s.len() as u64, s.series_count() as u64))
+                .map(|(g, n)| (data, g, n))
+        })
+        .await
+        .map_err(|e| Status::internal(format!("decoding the backup failed: {e}")))?
+        .map_err(|e| {
+            Status::invalid_argument(format!("the backup is not a valid pgw store: {e}"))
+        })?;
+        // Membership or leadership may have changed while the data arrived.
+        self.check_restorable()?;
+        let held = self.store_len();
+        if held > 0 && !force {
+            return Err(Status::failed_precondition(format!(
+                "node {} already holds {held} groups; restore only into a fresh node, or pass --force \
+                 to replace them",
+                self.node.id
+            )));
+        }
+        let resp = self
+            .raft
+            .client_write(Command::Replace { snapshot: data })
+            .await
+            .map_err(write_error)?;
+        match resp.data {
+            CommandResponse::Applied => {
+                tracing::info!(
+                    groups,
+                    series,
+                    log_index = resp.log_id.index,
+                    "restored a backup"
+                );
+                Ok(Response::new(RestoreReply {
+                    log_index: resp.log_id.index,
+                    groups,
+                    series,
+                }))
+            }
+            CommandResponse::Rejected(msg) => Err(Status::invalid_argument(msg)),
+            CommandResponse::Batch(_) => Err(Status::internal("unexpected batch response")),
+        }
     }
 }
 

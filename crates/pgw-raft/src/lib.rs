@@ -189,7 +189,9 @@ impl NodeShared {
     /// heartbeat; never below what this node applied.
     pub(crate) fn committed_index(&self, m: &RaftMetrics<NodeId, pgw_store::Node>) -> u64 {
         let applied = m.last_applied.map_or(0, |l| l.index);
-        self.committed.load(std::sync::atomic::Ordering::Relaxed).max(applied)
+        self.committed
+            .load(std::sync::atomic::Ordering::Relaxed)
+            .max(applied)
     }
 }
 
@@ -218,7 +220,10 @@ async fn watch_metrics(raft: PgwRaft, shared: Arc<NodeShared>) {
         let m = rx.borrow().clone();
         if m.current_leader != leader {
             leader = m.current_leader;
-            shared.counters.leader_changes.fetch_add(1, Ordering::Relaxed);
+            shared
+                .counters
+                .leader_changes
+                .fetch_add(1, Ordering::Relaxed);
         }
         if m.snapshot != snapshot {
             snapshot = m.snapshot;
@@ -232,12 +237,21 @@ impl Node {
     /// `grpc` is given) and bootstraps as configured. A single-node cluster is initialised on
     /// its first start and this returns once it leads; a clustered node returns at once and
     /// finds its cluster in the background (see [`Node::status`]).
-    pub async fn start(config: NodeConfig, grpc: Option<tokio::net::TcpListener>) -> anyhow::Result<Node> {
+    pub async fn start(
+        config: NodeConfig,
+        grpc: Option<tokio::net::TcpListener>,
+    ) -> anyhow::Result<Node> {
         std::fs::create_dir_all(&config.storage_path).map_err(|e| {
-            anyhow::anyhow!("cannot create --storage.path {}: {e}", config.storage_path.display())
+            anyhow::anyhow!(
+                "cannot create --storage.path {}: {e}",
+                config.storage_path.display()
+            )
         })?;
         let (log_store, state_machine) = pgw_store::open(&config.storage_path).map_err(|e| {
-            anyhow::anyhow!("cannot open storage at {}: {e}", config.storage_path.display())
+            anyhow::anyhow!(
+                "cannot open storage at {}: {e}",
+                config.storage_path.display()
+            )
         })?;
         let store = state_machine.shared();
         let committed = log_store.committed_index();
@@ -277,7 +291,11 @@ impl Node {
             let raft_svc = RaftServiceServer::new(grpc::RaftGrpc::new(raft.clone()))
                 .max_decoding_message_size(network::MAX_MESSAGE)
                 .max_encoding_message_size(network::MAX_MESSAGE);
-            let admin_svc = AdminServiceServer::new(grpc::AdminGrpc::new(raft.clone(), shared.clone()));
+            let admin_svc = AdminServiceServer::new(grpc::AdminGrpc::new(
+                raft.clone(),
+                shared.clone(),
+                store.clone(),
+            ));
             let mut stop = stop_rx.clone();
             tokio::spawn(async move {
                 let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
@@ -305,7 +323,10 @@ impl Node {
             bootstrap_task: std::sync::Mutex::new(None),
             watcher,
         };
-        let me = pgw_store::Node { raft_addr: config.raft_addr.clone(), http_addr: config.http_addr.clone() };
+        let me = pgw_store::Node {
+            raft_addr: config.raft_addr.clone(),
+            http_addr: config.http_addr.clone(),
+        };
         match config.bootstrap.clone() {
             Bootstrap::Single => {
                 if !node.raft.is_initialized().await? {
@@ -344,7 +365,12 @@ impl Node {
                         http_address: config.http_addr.clone(),
                         voter: false,
                     };
-                    let task = tokio::spawn(join(node.raft.clone(), node.channels.clone(), member, targets));
+                    let task = tokio::spawn(join(
+                        node.raft.clone(),
+                        node.channels.clone(),
+                        member,
+                        targets,
+                    ));
                     *lock(&node.bootstrap_task) = Some(task);
                 }
             }
@@ -358,7 +384,10 @@ impl Node {
     /// from this node afterwards sees its write. While no leader is known it retries until
     /// `--cluster.write-timeout` has passed.
     pub async fn write(&self, cmd: Command) -> Result<CommandResponse, WriteError> {
-        self.shared.counters.pending_writes.fetch_add(1, Ordering::Relaxed);
+        self.shared
+            .counters
+            .pending_writes
+            .fetch_add(1, Ordering::Relaxed);
         let _pending = PendingGuard(&self.shared.counters.pending_writes);
         let deadline = Instant::now() + self.write_timeout;
         let mut backoff = Duration::from_millis(10);
@@ -379,7 +408,9 @@ impl Node {
                                 return Ok(resp);
                             }
                             Ok(None) => {}
-                            Err(e) => tracing::debug!(error = %e, "forwarding a write failed; retrying"),
+                            Err(e) => {
+                                tracing::debug!(error = %e, "forwarding a write failed; retrying")
+                            }
                         }
                     }
                 }
@@ -404,9 +435,14 @@ impl Node {
         cmd: &Command,
         left: Duration,
     ) -> Result<Option<(CommandResponse, u64)>, String> {
-        self.shared.counters.forwarded_writes.fetch_add(1, Ordering::Relaxed);
+        self.shared
+            .counters
+            .forwarded_writes
+            .fetch_add(1, Ordering::Relaxed);
         let mut client = self.channels.raft_client(addr)?;
-        let req = ForwardWriteRequest { command: cmd.encode().into() };
+        let req = ForwardWriteRequest {
+            command: cmd.encode().into(),
+        };
         let reply = match tokio::time::timeout(left, client.forward_write(req)).await {
             Err(_) => return Err("forwarded write timed out".into()),
             Ok(Err(s)) => return Err(s.to_string()),
@@ -450,7 +486,11 @@ impl Node {
                             .await
                             .map_err(|s| s.to_string())?
                             .into_inner();
-                        Ok(if reply.not_leader { None } else { Some(reply.index) })
+                        Ok(if reply.not_leader {
+                            None
+                        } else {
+                            Some(reply.index)
+                        })
                     }
                     Err(_) => Ok(None),
                 }
@@ -462,7 +502,9 @@ impl Node {
                     return self.wait_applied(index, left).await;
                 }
                 Ok(Ok(None)) => {}
-                Ok(Err::<_, String>(e)) => tracing::debug!(error = %e, "read index failed; retrying"),
+                Ok(Err::<_, String>(e)) => {
+                    tracing::debug!(error = %e, "read index failed; retrying")
+                }
             }
             let left = deadline.saturating_duration_since(Instant::now());
             tokio::time::sleep(backoff.min(left)).await;
@@ -507,8 +549,9 @@ impl Node {
             .into_iter()
             .map(|mem| {
                 let lag = m.replication.as_ref().map(|r| {
-                    r.get(&mem.id)
-                        .map_or(last, |matched| last.saturating_sub(matched.map_or(0, |l| l.index)))
+                    r.get(&mem.id).map_or(last, |matched| {
+                        last.saturating_sub(matched.map_or(0, |l| l.index))
+                    })
                 });
                 MemberInfo {
                     id: mem.id,
@@ -528,7 +571,9 @@ impl Node {
 
     /// Size of the latest snapshot file, if any.
     pub fn snapshot_size(&self) -> Option<u64> {
-        std::fs::metadata(self.shared.storage_path.join("snapshot.bin")).ok().map(|m| m.len())
+        std::fs::metadata(self.shared.storage_path.join("snapshot.bin"))
+            .ok()
+            .map(|m| m.len())
     }
 
     /// The openraft handle (for the gRPC services, metrics and tests).
@@ -547,7 +592,11 @@ impl Node {
         if let Some(t) = lock(&self.bootstrap_task).take() {
             t.abort();
         }
-        let result = self.raft.shutdown().await.map_err(|e| anyhow::anyhow!("raft shutdown: {e}"));
+        let result = self
+            .raft
+            .shutdown()
+            .await
+            .map_err(|e| anyhow::anyhow!("raft shutdown: {e}"));
         self.watcher.abort();
         let _ = self.grpc_stop.send(true);
         let task = lock(&self.grpc_task).take();
@@ -565,7 +614,10 @@ fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     }
 }
 
-async fn initialize(raft: &PgwRaft, members: BTreeMap<NodeId, pgw_store::Node>) -> anyhow::Result<()> {
+async fn initialize(
+    raft: &PgwRaft,
+    members: BTreeMap<NodeId, pgw_store::Node>,
+) -> anyhow::Result<()> {
     match raft.initialize(members).await {
         Ok(()) => Ok(()),
         // Already initialised (a restart that raced us): the log is what counts.
@@ -586,7 +638,11 @@ async fn static_bootstrap(
 ) {
     let lowest = peers.keys().next().copied().unwrap_or(id);
     if lowest != id {
-        tracing::info!(id, leader_candidate = lowest, "waiting for node {lowest} to initialise the cluster");
+        tracing::info!(
+            id,
+            leader_candidate = lowest,
+            "waiting for node {lowest} to initialise the cluster"
+        );
         return;
     }
     let majority = peers.len() / 2 + 1;
@@ -600,7 +656,10 @@ async fn static_bootstrap(
         for (peer, addr) in peers.iter().filter(|(p, _)| **p != id) {
             match admin_status(&channels, addr).await {
                 Ok(s) if !s.members.is_empty() => {
-                    tracing::info!(peer, "peer already belongs to an initialised cluster; not initialising");
+                    tracing::info!(
+                        peer,
+                        "peer already belongs to an initialised cluster; not initialising"
+                    );
                     initialised_elsewhere = true;
                 }
                 Ok(s) => {
@@ -640,7 +699,10 @@ async fn static_bootstrap(
     }
 }
 
-async fn admin_status(channels: &Channels, addr: &str) -> Result<pgw_proto::v1::StatusReply, String> {
+async fn admin_status(
+    channels: &Channels,
+    addr: &str,
+) -> Result<pgw_proto::v1::StatusReply, String> {
     let mut client = AdminServiceClient::new(channels.get(addr)?);
     match tokio::time::timeout(Duration::from_secs(1), client.status(StatusRequest {})).await {
         Err(_) => Err(format!("{addr}: timed out")),
@@ -657,7 +719,11 @@ async fn join(raft: PgwRaft, channels: Channels, me: Member, targets: Vec<String
     loop {
         if raft.is_initialized().await.unwrap_or(false) {
             let m = raft.metrics().borrow().clone();
-            if m.membership_config.membership().voter_ids().any(|v| v == me.id) {
+            if m.membership_config
+                .membership()
+                .voter_ids()
+                .any(|v| v == me.id)
+            {
                 tracing::info!(id = me.id, "joined the cluster as a voter");
                 return;
             }
@@ -667,7 +733,11 @@ async fn join(raft: PgwRaft, channels: Channels, me: Member, targets: Vec<String
             return;
         };
         i += 1;
-        let req = AddLearnerRequest { member: Some(me.clone()), blocking: true, promote: true };
+        let req = AddLearnerRequest {
+            member: Some(me.clone()),
+            blocking: true,
+            promote: true,
+        };
         let mut client = match channels.get(&addr) {
             Ok(c) => AdminServiceClient::new(c),
             Err(e) => {
@@ -681,7 +751,11 @@ async fn join(raft: PgwRaft, channels: Channels, me: Member, targets: Vec<String
                 continue;
             }
             Ok(Err(s)) => {
-                if let Some(leader) = s.metadata().get("x-pgw-leader").and_then(|v| v.to_str().ok()) {
+                if let Some(leader) = s
+                    .metadata()
+                    .get("x-pgw-leader")
+                    .and_then(|v| v.to_str().ok())
+                {
                     if !targets.iter().any(|t| t == leader) {
                         targets.insert(0, leader.to_string());
                     }

@@ -96,12 +96,19 @@ impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = Connection;
 
     async fn new_client(&mut self, target: NodeId, node: &Node) -> Connection {
-        Connection { target, addr: node.raft_addr.clone(), channels: self.channels.clone() }
+        Connection {
+            target,
+            addr: node.raft_addr.clone(),
+            channels: self.channels.clone(),
+        }
     }
 }
 
 fn unreachable(msg: impl std::fmt::Display) -> Unreachable {
-    Unreachable::new(&std::io::Error::new(std::io::ErrorKind::NotConnected, msg.to_string()))
+    Unreachable::new(&std::io::Error::new(
+        std::io::ErrorKind::NotConnected,
+        msg.to_string(),
+    ))
 }
 
 fn network_error(msg: impl std::fmt::Display) -> NetworkError {
@@ -126,7 +133,10 @@ impl<E: std::error::Error> From<CallError> for RPCError<NodeId, Node, E> {
 fn status_error(target: NodeId, addr: &str, s: tonic::Status) -> CallError {
     match s.code() {
         tonic::Code::Unavailable | tonic::Code::Cancelled | tonic::Code::DeadlineExceeded => {
-            CallError::Unreachable(unreachable(format!("node {target} at {addr}: {}", s.message())))
+            CallError::Unreachable(unreachable(format!(
+                "node {target} at {addr}: {}",
+                s.message()
+            )))
         }
         _ => CallError::Network(network_error(format!("node {target} at {addr}: {s}"))),
     }
@@ -149,9 +159,15 @@ impl Connection {
             .channels
             .raft_client(&self.addr)
             .map_err(|e| RPCError::Unreachable(unreachable(e)))?;
-        let request = RaftRequest { payload: payload.into() };
+        let request = RaftRequest {
+            payload: payload.into(),
+        };
         let fut = async {
-            if vote { client.vote(request).await } else { client.append_entries(request).await }
+            if vote {
+                client.vote(request).await
+            } else {
+                client.append_entries(request).await
+            }
         };
         let reply = match tokio::time::timeout(option.hard_ttl(), fut).await {
             Err(_) => {
@@ -210,7 +226,9 @@ impl RaftNetwork<TypeConfig> for Connection {
         RPCError<NodeId, Node, RaftError<NodeId, InstallSnapshotError>>,
     > {
         // With `generic-snapshot-data` openraft sends snapshots with `full_snapshot` only.
-        Err(RPCError::Network(network_error("chunked install_snapshot is not used")))
+        Err(RPCError::Network(network_error(
+            "chunked install_snapshot is not used",
+        )))
     }
 
     async fn full_snapshot(
@@ -228,12 +246,24 @@ impl RaftNetwork<TypeConfig> for Connection {
         let mut first = true;
         let mut pieces = data.chunks(SNAPSHOT_CHUNK).peekable();
         if pieces.peek().is_none() {
-            chunks.push(SnapshotChunk { vote: vote_bytes.clone().into(), meta: meta_bytes.clone().into(), data: Default::default() });
+            chunks.push(SnapshotChunk {
+                vote: vote_bytes.clone().into(),
+                meta: meta_bytes.clone().into(),
+                data: Default::default(),
+            });
         }
         for piece in pieces {
-            let (v, m) = if first { (vote_bytes.clone(), meta_bytes.clone()) } else { (Vec::new(), Vec::new()) };
+            let (v, m) = if first {
+                (vote_bytes.clone(), meta_bytes.clone())
+            } else {
+                (Vec::new(), Vec::new())
+            };
             first = false;
-            chunks.push(SnapshotChunk { vote: v.into(), meta: m.into(), data: bytes::Bytes::copy_from_slice(piece) });
+            chunks.push(SnapshotChunk {
+                vote: v.into(),
+                meta: m.into(),
+                data: bytes::Bytes::copy_from_slice(piece),
+            });
         }
         let mut client = self
             .channels
@@ -247,7 +277,11 @@ impl RaftNetwork<TypeConfig> for Connection {
             r = tokio::time::timeout(ttl, call) => r,
         };
         let reply = match reply {
-            Err(_) => return Err(StreamingError::Unreachable(unreachable("snapshot transfer timed out"))),
+            Err(_) => {
+                return Err(StreamingError::Unreachable(unreachable(
+                    "snapshot transfer timed out",
+                )));
+            }
             Ok(Err(s)) => {
                 return Err(match status_error(self.target, &self.addr, s) {
                     CallError::Unreachable(u) => StreamingError::Unreachable(u),
@@ -258,7 +292,10 @@ impl RaftNetwork<TypeConfig> for Connection {
         };
         match decode_reply::<SnapshotResponse<NodeId>, Fatal<NodeId>>(&reply).map_err(to_net)? {
             Ok(resp) => Ok(resp),
-            Err(fatal) => Err(StreamingError::RemoteError(RemoteError::new(self.target, fatal))),
+            Err(fatal) => Err(StreamingError::RemoteError(RemoteError::new(
+                self.target,
+                fatal,
+            ))),
         }
     }
 

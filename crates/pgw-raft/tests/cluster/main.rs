@@ -58,7 +58,9 @@ async fn bind(addr: &str) -> tokio::net::TcpListener {
 
 async fn start(id: u64, addr: SocketAddr, dir: &std::path::Path, bootstrap: Bootstrap) -> Node {
     let listener = bind(&addr.to_string()).await;
-    Node::start(config(id, addr, dir, bootstrap), Some(listener)).await.expect("node starts")
+    Node::start(config(id, addr, dir, bootstrap), Some(listener))
+        .await
+        .expect("node starts")
 }
 
 /// Starts `n` nodes with `--cluster.peers` semantics and waits for a leader.
@@ -78,10 +80,18 @@ async fn static_cluster(root: &TempDir, n: u64) -> Vec<TestNode> {
         let id = i as u64 + 1;
         let addr = listener.local_addr().unwrap();
         let dir = root.path().join(format!("n{id}"));
-        let node = Node::start(config(id, addr, &dir, Bootstrap::Static(peers.clone())), Some(listener))
-            .await
-            .expect("node starts");
-        nodes.push(TestNode { id, addr, dir, node: Some(node) });
+        let node = Node::start(
+            config(id, addr, &dir, Bootstrap::Static(peers.clone())),
+            Some(listener),
+        )
+        .await
+        .expect("node starts");
+        nodes.push(TestNode {
+            id,
+            addr,
+            dir,
+            node: Some(node),
+        });
     }
     nodes.sort_by_key(|n| n.id);
     wait_leader(&nodes).await;
@@ -91,7 +101,10 @@ async fn static_cluster(root: &TempDir, n: u64) -> Vec<TestNode> {
 async fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + DEADLINE;
     while !f() {
-        assert!(Instant::now() < deadline, "timed out after {DEADLINE:?} waiting for: {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {DEADLINE:?} waiting for: {what}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -99,8 +112,11 @@ async fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
 async fn wait_leader(nodes: &[TestNode]) -> u64 {
     let mut leader = 0;
     wait_until("every running node knows the same leader", || {
-        let leaders: Vec<Option<u64>> =
-            nodes.iter().filter_map(|n| n.node.as_ref()).map(|n| n.status().leader).collect();
+        let leaders: Vec<Option<u64>> = nodes
+            .iter()
+            .filter_map(|n| n.node.as_ref())
+            .map(|n| n.status().leader)
+            .collect();
         match leaders.first() {
             Some(Some(l)) if leaders.iter().all(|x| *x == Some(*l)) => {
                 leader = *l;
@@ -118,7 +134,10 @@ fn gauge(name: &str, v: f64) -> MetricFamily {
         name: Some(name.into()),
         help: None,
         r#type: Some(MetricType::Gauge as i32),
-        metric: vec![Metric { gauge: Some(Gauge { value: Some(v) }), ..Default::default() }],
+        metric: vec![Metric {
+            gauge: Some(Gauge { value: Some(v) }),
+            ..Default::default()
+        }],
         unit: None,
     }
 }
@@ -127,12 +146,21 @@ fn counter(name: &str, v: f64) -> MetricFamily {
     let mut f = gauge(name, v);
     f.r#type = Some(MetricType::Counter as i32);
     f.metric[0].gauge = None;
-    f.metric[0].counter = Some(pgw_core::pb::Counter { value: Some(v), ..Default::default() });
+    f.metric[0].counter = Some(pgw_core::pb::Counter {
+        value: Some(v),
+        ..Default::default()
+    });
     f
 }
 
 fn put(job: &str, fams: &[MetricFamily], t: i64) -> Command {
-    Command::Push(Push::new(GroupingKey::from_pairs([("job", job)]), true, t, true, fams))
+    Command::Push(Push::new(
+        GroupingKey::from_pairs([("job", job)]),
+        true,
+        t,
+        true,
+        fams,
+    ))
 }
 
 fn snapshot_bytes(n: &Node) -> Vec<u8> {
@@ -145,7 +173,11 @@ async fn assert_converged(nodes: &[TestNode]) {
     let running: Vec<&Node> = nodes.iter().filter_map(|n| n.node.as_ref()).collect();
     wait_until("all nodes applied the same index", || {
         let idx: Vec<u64> = running.iter().map(|n| n.status().applied_index).collect();
-        let last = running.iter().map(|n| n.status().last_log_index).max().unwrap_or(0);
+        let last = running
+            .iter()
+            .map(|n| n.status().last_log_index)
+            .max()
+            .unwrap_or(0);
         idx.iter().all(|i| *i == idx[0] && *i >= last)
     })
     .await;
@@ -156,7 +188,10 @@ async fn assert_converged(nodes: &[TestNode]) {
 }
 
 fn follower(nodes: &[TestNode], leader: u64) -> &TestNode {
-    nodes.iter().find(|n| n.id != leader && n.node.is_some()).expect("a running follower")
+    nodes
+        .iter()
+        .find(|n| n.id != leader && n.node.is_some())
+        .expect("a running follower")
 }
 
 const T: i64 = 1_700_000_000_000_000_000;
@@ -172,21 +207,46 @@ async fn t10_writes_through_any_node_replicate_identically() {
         assert_eq!(n.node().write(cmd).await.unwrap(), CommandResponse::Applied);
         // Read-your-writes on the node that answered.
         let key = GroupingKey::from_pairs([("job", format!("job{i}"))]);
-        assert!(n.node().read(|s| s.get(&key).is_some()), "node {} sees its own write", n.id);
+        assert!(
+            n.node().read(|s| s.get(&key).is_some()),
+            "node {} sees its own write",
+            n.id
+        );
     }
     let leader = wait_leader(&nodes).await;
     let f = follower(&nodes, leader);
-    let r = f.node().write(put("job0", &[counter("m", 1.0)], T + 10)).await.unwrap();
+    let r = f
+        .node()
+        .write(put("job0", &[counter("m", 1.0)], T + 10))
+        .await
+        .unwrap();
     match r {
-        CommandResponse::Rejected(msg) => assert!(msg.starts_with("pushed metrics are invalid"), "{msg}"),
-        CommandResponse::Applied => panic!("a type conflict must be rejected through a follower too"),
+        CommandResponse::Rejected(msg) => {
+            assert!(msg.starts_with("pushed metrics are invalid"), "{msg}")
+        }
+        CommandResponse::Applied | CommandResponse::Batch(_) => {
+            panic!("a type conflict must be rejected through a follower too")
+        }
     }
     // A linearizable read through a follower sees a write acknowledged by another node.
     let other = nodes.iter().find(|n| n.id != f.id).unwrap();
-    assert_eq!(other.node().write(put("lin", &[gauge("m", 1.0)], T + 20)).await.unwrap(), CommandResponse::Applied);
-    f.node().linearizable_barrier().await.expect("read index through a follower");
+    assert_eq!(
+        other
+            .node()
+            .write(put("lin", &[gauge("m", 1.0)], T + 20))
+            .await
+            .unwrap(),
+        CommandResponse::Applied
+    );
+    f.node()
+        .linearizable_barrier()
+        .await
+        .expect("read index through a follower");
     let key = GroupingKey::from_pairs([("job", "lin")]);
-    assert!(f.node().read(|s| s.get(&key).is_some()), "linearizable read sees the write");
+    assert!(
+        f.node().read(|s| s.get(&key).is_some()),
+        "linearizable read sees the write"
+    );
     assert_converged(&nodes).await;
     for n in nodes {
         n.node().shutdown().await.unwrap();
@@ -202,7 +262,13 @@ async fn t20_leader_failover_and_restart_catch_up() {
     let leader = wait_leader(&nodes).await;
     for i in 0..20 {
         let n = &nodes[i % 3];
-        assert_eq!(n.node().write(put("a", &[gauge("m", i as f64)], T + i as i64)).await.unwrap(), CommandResponse::Applied);
+        assert_eq!(
+            n.node()
+                .write(put("a", &[gauge("m", i as f64)], T + i as i64))
+                .await
+                .unwrap(),
+            CommandResponse::Applied
+        );
     }
     let idx = nodes.iter().position(|n| n.id == leader).unwrap();
     let old = nodes[idx].node.take().unwrap();
@@ -211,8 +277,18 @@ async fn t20_leader_failover_and_restart_catch_up() {
     let new_leader = wait_leader(&nodes).await;
     assert_ne!(new_leader, leader);
     for i in 20..60 {
-        let n = nodes.iter().filter(|n| n.node.is_some()).nth(i % 2).unwrap();
-        assert_eq!(n.node().write(put("b", &[gauge("m", i as f64)], T + i as i64)).await.unwrap(), CommandResponse::Applied);
+        let n = nodes
+            .iter()
+            .filter(|n| n.node.is_some())
+            .nth(i % 2)
+            .unwrap();
+        assert_eq!(
+            n.node()
+                .write(put("b", &[gauge("m", i as f64)], T + i as i64))
+                .await
+                .unwrap(),
+            CommandResponse::Applied
+        );
     }
     let (id, addr, dir) = (nodes[idx].id, nodes[idx].addr, nodes[idx].dir.clone());
     nodes[idx].node = Some(start(id, addr, &dir, Bootstrap::Static(BTreeMap::new())).await);
@@ -230,7 +306,11 @@ async fn t30_join_catches_up_from_snapshot_then_remove() {
     let mut nodes = static_cluster(&root, 3).await;
     for i in 0..120 {
         let n = &nodes[i % 3];
-        let cmd = put(&format!("j{}", i % 10), &[gauge("m", i as f64)], T + i as i64);
+        let cmd = put(
+            &format!("j{}", i % 10),
+            &[gauge("m", i as f64)],
+            T + i as i64,
+        );
         assert_eq!(n.node().write(cmd).await.unwrap(), CommandResponse::Applied);
     }
     let leader = wait_leader(&nodes).await;
@@ -244,8 +324,18 @@ async fn t30_join_catches_up_from_snapshot_then_remove() {
     let addr = listener.local_addr().unwrap();
     let dir = root.path().join("n4");
     let seed = nodes[0].addr.to_string();
-    let n4 = Node::start(config(4, addr, &dir, Bootstrap::Join(vec![seed])), Some(listener)).await.unwrap();
-    nodes.push(TestNode { id: 4, addr, dir, node: Some(n4) });
+    let n4 = Node::start(
+        config(4, addr, &dir, Bootstrap::Join(vec![seed])),
+        Some(listener),
+    )
+    .await
+    .unwrap();
+    nodes.push(TestNode {
+        id: 4,
+        addr,
+        dir,
+        node: Some(n4),
+    });
     wait_until("node 4 is a voter", || {
         let m = nodes[3].node().raft().metrics().borrow().clone();
         m.membership_config.membership().voter_ids().any(|v| v == 4)
@@ -266,12 +356,24 @@ async fn t30_join_catches_up_from_snapshot_then_remove() {
     wait_until("node 1 is no longer a member", || {
         nodes[1..].iter().all(|n| {
             let m = n.node().raft().metrics().borrow().clone();
-            !m.membership_config.membership().nodes().any(|(id, _)| *id == 1)
+            !m.membership_config
+                .membership()
+                .nodes()
+                .any(|(id, _)| *id == 1)
         })
     })
     .await;
-    let n = nodes.iter().find(|n| n.id != 1 && n.node.is_some()).unwrap();
-    assert_eq!(n.node().write(put("after", &[gauge("m", 1.0)], T + 1000)).await.unwrap(), CommandResponse::Applied);
+    let n = nodes
+        .iter()
+        .find(|n| n.id != 1 && n.node.is_some())
+        .unwrap();
+    assert_eq!(
+        n.node()
+            .write(put("after", &[gauge("m", 1.0)], T + 1000))
+            .await
+            .unwrap(),
+        CommandResponse::Applied
+    );
     for n in nodes {
         n.node().shutdown().await.unwrap();
     }
