@@ -77,6 +77,11 @@ impl Engine {
         if self.watermark().is_none_or(|w| w <= index) {
             return Ok(());
         }
+        self.store_watermark(index).await
+    }
+
+    /// Writes the watermark file off the async threads and records it.
+    async fn store_watermark(&self, index: u64) -> Result<(), StoreError> {
         let dir = self.dir.clone();
         tokio::task::spawn_blocking(move || write_watermark(&dir, index))
             .await
@@ -104,16 +109,7 @@ impl Engine {
         if !due {
             return Ok(());
         }
-        let dir = self.dir.clone();
-        tokio::task::spawn_blocking(move || write_watermark(&dir, index))
-            .await
-            .map_err(|e| StoreError::Io {
-                context: "watermark task".into(),
-                source: std::io::Error::other(e),
-            })??;
-        let mut w = self.watermark.lock().unwrap_or_else(|p| p.into_inner());
-        *w = Some(w.map_or(index, |old| old.max(index)));
-        Ok(())
+        self.store_watermark(index).await
     }
 
     /// The storage directory.
