@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use support::{Kind, Proc, free_port, get, request, wait_for};
+use support::{Proc, get, request, wait_for};
 use tempfile::TempDir;
 
 const TIMEOUT: Duration = Duration::from_secs(60);
@@ -23,74 +23,20 @@ struct Cluster {
     nodes: Vec<Proc>,
 }
 
-/// Starts 3 nodes concurrently (a node becomes ready only once a majority is up) with fixed
-/// gRPC ports and `--web.self-metrics-path`, so `/metrics` holds only replicated data.
+/// 3 nodes with `--web.self-metrics-path`, so `/metrics` holds only replicated data.
 async fn start_cluster() -> Cluster {
-    let root = TempDir::new().expect("tempdir");
-    let grpc: Vec<u16> = (0..3).map(|_| free_port()).collect();
-    let peers = grpc
-        .iter()
-        .enumerate()
-        .map(|(i, p)| format!("{}=127.0.0.1:{p}", i + 1))
-        .collect::<Vec<_>>()
-        .join(",");
-    let args: Vec<Vec<String>> = (0..3)
-        .map(|i| {
-            vec![
-                format!("--cluster.node-id={}", i + 1),
-                format!("--cluster.peers={peers}"),
-                format!("--cluster.listen-address=127.0.0.1:{}", grpc[i]),
-                "--web.self-metrics-path=/self-metrics".to_string(),
-                "--web.enable-admin-api".to_string(),
-            ]
-        })
-        .collect();
-    let dirs: Vec<_> = (0..3)
-        .map(|i| root.path().join(format!("n{}", i + 1)))
-        .collect();
-    let starts =
-        (0..3).map(|i| {
-            let a: Vec<&str> = args[i].iter().map(String::as_str).collect();
-            let dir = dirs[i].clone();
-            let log_dir = root.path().to_path_buf();
-            async move {
-                Proc::start_server(Kind::Pgw, &format!("node{}", i + 1), &dir, &log_dir, &a).await
-            }
-        });
-    let nodes = futures_join_all(starts).await;
-    Cluster { _root: root, nodes }
-}
-
-async fn futures_join_all<F: std::future::Future>(fs: impl Iterator<Item = F>) -> Vec<F::Output> {
-    let handles: Vec<_> = fs.map(|f| Box::pin(f)).collect();
-    let mut out = Vec::new();
-    // Drive all futures concurrently on this task.
-    let mut pending: Vec<_> = handles.into_iter().map(Some).collect();
-    let mut results: Vec<Option<F::Output>> = (0..pending.len()).map(|_| None).collect();
-    std::future::poll_fn(|cx| {
-        let mut all = true;
-        for (i, slot) in pending.iter_mut().enumerate() {
-            if let Some(f) = slot {
-                match f.as_mut().poll(cx) {
-                    std::task::Poll::Ready(v) => {
-                        results[i] = Some(v);
-                        *slot = None;
-                    }
-                    std::task::Poll::Pending => all = false,
-                }
-            }
-        }
-        if all {
-            std::task::Poll::Ready(())
-        } else {
-            std::task::Poll::Pending
-        }
-    })
+    let c = support::start_cluster(
+        3,
+        &[
+            "--web.self-metrics-path=/self-metrics",
+            "--web.enable-admin-api",
+        ],
+    )
     .await;
-    for r in results {
-        out.push(r.expect("every future completed"));
+    Cluster {
+        _root: c.root,
+        nodes: c.nodes,
     }
-    out
 }
 
 async fn cluster_view(addr: SocketAddr) -> Result<serde_json::Value, String> {
@@ -208,6 +154,32 @@ async fn pushes_through_every_node_are_identical_everywhere() {
         assert!(
             body.contains(&format!("m{{instance=\"\",job=\"j{i}\",via=\"{i}\"}} {i}")),
             "{body}"
+        );
+    }
+    // The JSON API is identical on every node too.
+    let mut apis = Vec::new();
+    for n in &c.nodes {
+        apis.push(get(n.addr, "/api/v1/metrics", TIMEOUT).await.unwrap().body);
+    }
+    assert!(
+        apis.windows(2).all(|w| w[0] == w[1]),
+        "/api/v1/metrics differs between replicas"
+    );
+    // Node-local Raft metrics are on the self-metrics path.
+    let leader_addr = c.nodes[leader].addr;
+    let own = get(leader_addr, "/self-metrics", TIMEOUT)
+        .await
+        .unwrap()
+        .text();
+    for line in [
+        "pgw_raft_is_leader 1",
+        "pgw_raft_leader_id ",
+        "pgw_raft_term ",
+        "pgw_raft_replication_lag_entries{peer=",
+    ] {
+        assert!(
+            own.contains(line),
+            "missing {line:?} in the leader's self-metrics:\n{own}"
         );
     }
     // Readiness and the cluster view.
@@ -381,4 +353,45 @@ fn field<'a>(line: &'a str, name: &str) -> Option<&'a str> {
     let start = line.find(&format!("{name}=\""))? + name.len() + 2;
     let rest = &line[start..];
     Some(&rest[..rest.find('"')?])
+}
+
+/// A node that cannot reach a majority knows no leader: `/-/ready` is 503 with the failed
+/// check listed, while `/-/healthy` stays 200.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_without_quorum_is_not_ready() {
+    let root = TempDir::new().unwrap();
+    let (p1, p2, p3) = (
+        support::free_port(),
+        support::free_port(),
+        support::free_port(),
+    );
+    let peers = format!("1=127.0.0.1:{p1},2=127.0.0.1:{p2},3=127.0.0.1:{p3}");
+    let args = [
+        "--cluster.node-id=2".to_string(),
+        format!("--cluster.peers={peers}"),
+        format!("--cluster.listen-address=127.0.0.1:{p2}"),
+        "--cluster.write-timeout=1s".to_string(),
+    ];
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let n = Proc::start_server_live(
+        support::Kind::Pgw,
+        "lonely",
+        &root.path().join("n2"),
+        root.path(),
+        &args,
+    )
+    .await;
+    let r = get(n.addr, "/-/ready", TIMEOUT).await.unwrap();
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert!(r.text().contains("[-]leader failed"), "{}", r.text());
+    assert_eq!(
+        get(n.addr, "/-/healthy", TIMEOUT).await.unwrap().status,
+        200
+    );
+    // A write cannot be acknowledged; it times out with 503 and Retry-After.
+    let r = request(n.addr, "PUT", "/metrics/job/x", &[], b"m 1\n", TIMEOUT)
+        .await
+        .unwrap();
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert_eq!(r.header("retry-after"), Some("1"));
 }

@@ -662,3 +662,76 @@ pub fn families(text: &str) -> Vec<(String, Vec<String>)> {
     }
     out
 }
+
+/// A static `pgw` cluster of real processes (see [`start_cluster`]).
+pub struct PgwCluster {
+    /// Data directories and logs.
+    pub root: tempfile::TempDir,
+    /// The nodes, in id order (node `i` has id `i + 1`).
+    pub nodes: Vec<Proc>,
+    /// The gRPC port of each node.
+    pub grpc_ports: Vec<u16>,
+}
+
+/// Starts `n` `pgw` processes forming one cluster with `--cluster.peers` (fixed gRPC ports,
+/// fresh HTTP ports), each with `extra_args`, and waits until every one is ready. They start
+/// concurrently: a node is ready only once a majority is up.
+pub async fn start_cluster(n: usize, extra_args: &[&str]) -> PgwCluster {
+    let root = tempfile::TempDir::new().expect("tempdir");
+    let grpc_ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
+    let peers = grpc_ports
+        .iter()
+        .enumerate()
+        .map(|(i, p)| format!("{}=127.0.0.1:{p}", i + 1))
+        .collect::<Vec<_>>()
+        .join(",");
+    let args: Vec<Vec<String>> = (0..n)
+        .map(|i| {
+            let mut a = vec![
+                format!("--cluster.node-id={}", i + 1),
+                format!("--cluster.peers={peers}"),
+                format!("--cluster.listen-address=127.0.0.1:{}", grpc_ports[i]),
+            ];
+            a.extend(extra_args.iter().map(|s| s.to_string()));
+            a
+        })
+        .collect();
+    let mut starts = Vec::new();
+    for (i, a) in args.iter().enumerate() {
+        let a: Vec<&str> = a.iter().map(String::as_str).collect();
+        let dir = root.path().join(format!("n{}", i + 1));
+        let log_dir = root.path().to_path_buf();
+        starts.push(Box::pin(async move {
+            Proc::start_server(Kind::Pgw, &format!("node{}", i + 1), &dir, &log_dir, &a).await
+        }));
+    }
+    let nodes = join_all(starts).await;
+    PgwCluster {
+        root,
+        nodes,
+        grpc_ports,
+    }
+}
+
+/// Polls every future to completion concurrently on the current task, keeping their order.
+pub async fn join_all<F: std::future::Future + Unpin>(mut futures: Vec<F>) -> Vec<F::Output> {
+    let mut results: Vec<Option<F::Output>> = futures.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (f, slot) in futures.iter_mut().zip(results.iter_mut()) {
+            if slot.is_none() {
+                match std::pin::Pin::new(f).poll(cx) {
+                    std::task::Poll::Ready(v) => *slot = Some(v),
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+    results.into_iter().flatten().collect()
+}

@@ -1,0 +1,173 @@
+//! The real Prometheus server (Debian package `prometheus`) scrapes a 3-node pgw cluster
+//! the way deploy/prometheus/prometheus.yml shows: every replica, `honor_labels: true`, a
+//! `replica` label per target, deduplicated at query time. Also checks that file with
+//! `promtool`.
+
+#[path = "../support/mod.rs"]
+mod support;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use support::{free_port, get, request, start_cluster, wait_for};
+
+const TIMEOUT: Duration = Duration::from_secs(60);
+
+fn tool(name: &str) -> PathBuf {
+    let p = PathBuf::from("/usr/bin").join(name);
+    assert!(
+        p.exists(),
+        "{} is missing: apt-get install prometheus (CI installs it)",
+        p.display()
+    );
+    p
+}
+
+/// Kills the Prometheus child (by its handle) when the test ends.
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn the_example_config_is_valid() {
+    let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/prometheus/prometheus.yml");
+    let out = Command::new(tool("promtool"))
+        .arg("check")
+        .arg("config")
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "promtool: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+async fn query(prom: SocketAddr, q: &str) -> Result<serde_json::Value, String> {
+    let mut path = String::from("/api/v1/query?query=");
+    for b in q.bytes() {
+        if b.is_ascii_alphanumeric() || b"_-.".contains(&b) {
+            path.push(b as char);
+        } else {
+            path.push_str(&format!("%{b:02X}"));
+        }
+    }
+    let r = get(prom, &path, Duration::from_secs(5)).await?;
+    let v: serde_json::Value = serde_json::from_slice(&r.body).map_err(|e| e.to_string())?;
+    if v["status"] != "success" {
+        return Err(format!("query {q}: {v}"));
+    }
+    Ok(v["data"]["result"].clone())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prometheus_scrapes_every_replica_and_deduplicates() {
+    let c = start_cluster(3, &["--web.self-metrics-path=/self-metrics"]).await;
+    // One push, through one node.
+    let body = "# TYPE batch_last_success gauge\nbatch_last_success{stage=\"load\"} 42\n";
+    let r = request(
+        c.nodes[1].addr,
+        "PUT",
+        "/metrics/job/nightly/instance/db-1",
+        &[],
+        body.as_bytes(),
+        TIMEOUT,
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+
+    let dir = c.root.path().join("prometheus");
+    std::fs::create_dir_all(&dir).unwrap();
+    let targets: Vec<String> = c
+        .nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            format!(
+                "      - targets: ['{}']\n        labels: {{replica: '{}'}}\n",
+                n.addr,
+                i + 1
+            )
+        })
+        .collect();
+    let config = format!(
+        "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\nscrape_configs:\n  - job_name: pushgateway-replicas\n    honor_labels: true\n    static_configs:\n{}",
+        targets.concat()
+    );
+    let config_path = dir.join("prometheus.yml");
+    std::fs::write(&config_path, config).unwrap();
+    let port = free_port();
+    let prom_addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let log = std::fs::File::create(dir.join("prometheus.log")).unwrap();
+    let child = Command::new(tool("prometheus"))
+        .arg(format!("--config.file={}", config_path.display()))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.join("tsdb").display()
+        ))
+        .arg(format!("--web.listen-address={prom_addr}"))
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .expect("start prometheus");
+    let _prom = Server(child);
+
+    // Every replica is scraped and serves the pushed series with the pushed job/instance.
+    let series = wait_for(
+        "the series scraped from all 3 replicas",
+        TIMEOUT,
+        || async move {
+            let r = query(prom_addr, "batch_last_success").await?;
+            let n = r.as_array().map_or(0, Vec::len);
+            if n == 3 {
+                Ok(r)
+            } else {
+                Err(format!("{n} series: {r}"))
+            }
+        },
+    )
+    .await;
+    for s in series.as_array().unwrap() {
+        assert_eq!(
+            s["metric"]["job"], "nightly",
+            "honor_labels keeps the pushed job: {s}"
+        );
+        assert_eq!(s["metric"]["instance"], "db-1", "{s}");
+        assert_eq!(s["value"][1], "42", "{s}");
+    }
+    // Deduplicated at query time: one series, the pushed value.
+    let dedup = query(prom_addr, "max without (replica) (batch_last_success)")
+        .await
+        .unwrap();
+    assert_eq!(dedup.as_array().map(Vec::len), Some(1), "{dedup}");
+    assert_eq!(dedup[0]["value"][1], "42");
+    // push_time_seconds is the same on every replica (stamped once, replicated as data).
+    let spread = wait_for(
+        "push_time_seconds scraped from all replicas",
+        TIMEOUT,
+        || async move {
+            let all = query(prom_addr, "count(push_time_seconds{job=\"nightly\"})").await?;
+            if all[0]["value"][1] == "3" {
+                query(prom_addr, "stddev(push_time_seconds{job=\"nightly\"})").await
+            } else {
+                Err(format!("{all}"))
+            }
+        },
+    )
+    .await;
+    assert_eq!(
+        spread[0]["value"][1], "0",
+        "push_time_seconds differs between replicas: {spread}"
+    );
+}
