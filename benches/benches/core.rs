@@ -3,7 +3,9 @@
 //! Run: `cargo bench -p pgw-benches --bench core`. Figures go to docs/performance.md.
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use pgw_benches::{put, store, text_body};
+use pgw_benches::{key, put, store, text_body};
+use pgw_core::Command;
+use pgw_core::command::Push;
 
 fn parse(c: &mut Criterion) {
     let mut g = c.benchmark_group("parse_text");
@@ -38,18 +40,102 @@ fn apply(c: &mut Criterion) {
 fn render(c: &mut Criterion) {
     let mut g = c.benchmark_group("render_text");
     g.sample_size(20);
-    let s = store(100, 1_000);
-    g.throughput(Throughput::Elements(s.series_count() as u64));
+    let base = store(100, 1_000);
+    g.throughput(Throughput::Elements(base.series_count() as u64));
     let mut out = Vec::new();
-    g.bench_function("100k_series", |b| {
+    // Nothing rendered yet: every family is rendered and sorted (each iteration renders a
+    // copy of a store that was never rendered; the copy is made in setup).
+    g.bench_function("100k_series_uncached", |b| {
+        b.iter_batched_ref(
+            || base.clone(),
+            |s| {
+                out.clear();
+                pgw_core::render::text(s, &[], &mut out);
+                out.len()
+            },
+            criterion::BatchSize::LargeInput,
+        )
+    });
+    // Nothing changed since the last scrape: the body is copied from the render cache.
+    let mut s = base.clone();
+    g.bench_function("100k_series_cached", |b| {
         b.iter(|| {
             out.clear();
             pgw_core::render::text(&s, &[], &mut out);
             out.len()
         })
     });
+    // One push between two scrapes: the pushed group's family (shared by 10 groups, ~10k
+    // series) and `push_time_seconds` are rendered again, the rest is copied.
+    let body = text_body("bench_family_3", 999);
+    let cmd = put(3, &body, 1_800_000_000_000_000_000);
+    g.bench_function("100k_series_after_one_push", |b| {
+        b.iter(|| {
+            s.apply(&cmd);
+            out.clear();
+            pgw_core::render::text(&s, &[], &mut out);
+            out.len()
+        })
+    });
+    g.finish();
+
+    let mut g = c.benchmark_group("render_protobuf");
+    g.sample_size(20);
+    g.throughput(Throughput::Elements(base.series_count() as u64));
+    g.bench_function("100k_series_uncached", |b| {
+        b.iter_batched_ref(
+            || base.clone(),
+            |s| {
+                out.clear();
+                pgw_core::render::protobuf(s, &[], &mut out);
+                out.len()
+            },
+            criterion::BatchSize::LargeInput,
+        )
+    });
+    let s = base.clone();
+    g.bench_function("100k_series_cached", |b| {
+        b.iter(|| {
+            out.clear();
+            pgw_core::render::protobuf(&s, &[], &mut out);
+            out.len()
+        })
+    });
     g.finish();
 }
 
-criterion_group!(benches, parse, apply, render);
+/// The push path outside Raft: the receiving node parses the body and builds the command
+/// that goes into the log; every replica applies a batch of them.
+fn push_path(c: &mut Criterion) {
+    let mut g = c.benchmark_group("push_path");
+    let body = text_body("bench_push", 10);
+    g.bench_function("parse_and_encode_command_10_series", |b| {
+        b.iter(|| {
+            let families = pgw_core::text::parse(&body).unwrap_or_default();
+            let cmd = Command::Push(Push::new(
+                key(7),
+                true,
+                1_800_000_000_000_000_000,
+                true,
+                &families,
+            ));
+            cmd.encode().len()
+        })
+    });
+    // A group commit of 32 small pushes (one per connection of the 32-connection
+    // workload), each to its own group, into a store holding 100k series.
+    let mut s = store(100, 1_000);
+    let batch = Command::Batch(
+        (0..32)
+            .map(|i| put(1_000 + i, &body, 1_800_000_000_000_000_000))
+            .collect(),
+    );
+    g.throughput(Throughput::Elements(32));
+    g.bench_function("apply_batch_32x10_series_store_100k", |b| {
+        b.iter(|| s.apply(&batch))
+    });
+    g.finish();
+}
+
+criterion_group!(benches, parse, apply, render, push_path);
 criterion_main!(benches);

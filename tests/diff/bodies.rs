@@ -60,7 +60,7 @@ pub fn untyped(l: &[(&str, &str)], v: f64) -> Metric {
 pub fn summary(l: &[(&str, &str)], count: u64, sum: f64, q: &[(f64, f64)]) -> Metric {
     Metric {
         label: labels(l),
-        summary: Some(Summary {
+        summary: Some(Box::new(Summary {
             sample_count: Some(count),
             sample_sum: Some(sum),
             quantile: q
@@ -71,7 +71,7 @@ pub fn summary(l: &[(&str, &str)], count: u64, sum: f64, q: &[(f64, f64)]) -> Me
                 })
                 .collect(),
             ..Default::default()
-        }),
+        })),
         ..Default::default()
     }
 }
@@ -79,7 +79,7 @@ pub fn summary(l: &[(&str, &str)], count: u64, sum: f64, q: &[(f64, f64)]) -> Me
 pub fn histogram(l: &[(&str, &str)], count: u64, sum: f64, b: &[(f64, u64)]) -> Metric {
     Metric {
         label: labels(l),
-        histogram: Some(Histogram {
+        histogram: Some(Box::new(Histogram {
             sample_count: Some(count),
             sample_sum: Some(sum),
             bucket: b
@@ -91,7 +91,7 @@ pub fn histogram(l: &[(&str, &str)], count: u64, sum: f64, b: &[(f64, u64)]) -> 
                 })
                 .collect(),
             ..Default::default()
-        }),
+        })),
         ..Default::default()
     }
 }

@@ -904,7 +904,7 @@ fn bodies_and_encodings() -> Vec<Scenario> {
                         None,
                         Histogram,
                         vec![pgw_core::pb::Metric {
-                            histogram: Some(pgw_core::pb::Histogram {
+                            histogram: Some(Box::new(pgw_core::pb::Histogram {
                                 sample_count: Some(3),
                                 sample_sum: Some(2.0),
                                 schema: Some(0),
@@ -922,7 +922,7 @@ fn bodies_and_encodings() -> Vec<Scenario> {
                                     ..Default::default()
                                 }],
                                 ..Default::default()
-                            }),
+                            })),
                             ..Default::default()
                         }],
                     ),

@@ -36,6 +36,11 @@ pub enum Command {
         #[serde(with = "serde_bytes_vec")]
         snapshot: Vec<u8>,
     },
+    /// Several commands proposed as one Raft entry (group commit: the node that takes
+    /// concurrent requests proposes them together, so one log append and one fsync serve them
+    /// all). Applied in order, each exactly as if it were an entry of its own; the response is
+    /// a [`CommandResponse::Batch`] with one response per command, in the same order.
+    Batch(Vec<Command>),
 }
 
 /// A push, as taken by the receiving node.
@@ -92,6 +97,8 @@ pub enum CommandResponse {
     /// Rejected by validation or the consistency check (400): nothing changed except the
     /// group's `push_failure_time_seconds`. The message is the full response body line.
     Rejected(String),
+    /// The responses to the commands of a [`Command::Batch`], in order.
+    Batch(Vec<CommandResponse>),
 }
 
 /// Errors decoding a command or response.

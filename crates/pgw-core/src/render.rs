@@ -43,7 +43,7 @@ use prost::Message;
 
 use crate::float::{go_sprint, write_go, write_text, write_u64};
 use crate::pb::{Histogram, LabelPair, Metric, MetricFamily, Summary};
-use crate::store::{Group, GroupStore, StoredFamily};
+use crate::store::{Group, GroupStore, RenderSlot, StoredFamily};
 
 const COUNTER: i32 = 0;
 const GAUGE: i32 = 1;
@@ -67,34 +67,101 @@ struct Merged<'a> {
     ty: i32,
 }
 
-/// Collects every family of `extra` and of the store, sorted by (name, source), and the total
-/// number of metrics.
-fn collect<'a>(store: &'a GroupStore, extra: &'a [MetricFamily]) -> (Vec<Part<'a>>, usize) {
-    let mut parts = Vec::new();
-    let mut metrics = 0;
-    for fam in extra {
-        if !fam.name().is_empty() {
-            metrics += fam.metric.len();
-            parts.push(Part {
-                name: fam.name(),
-                src: 0,
-                fam,
-            });
-        }
-    }
-    for (i, (_, group)) in store.groups().enumerate() {
-        for (name, sf) in &group.families {
-            metrics += sf.family.metric.len();
-            parts.push(Part {
-                name,
-                src: i + 1,
-                fam: &sf.family,
-            });
-        }
-    }
+/// Appends the rendering of every family of the store and of `extra`, merged by name and in
+/// name order, to `out`. A name that `extra` does not have is served from the store's render
+/// cache ([`GroupStore::rendered`]), so a scrape re-renders only what changed since the
+/// previous one; a name `extra` has (node-local self-metrics, which change every scrape) is
+/// rendered afresh.
+fn render_all(store: &GroupStore, extra: &[MetricFamily], slot: RenderSlot, out: &mut Vec<u8>) {
+    let mut extras: Vec<&MetricFamily> = extra.iter().filter(|f| !f.name().is_empty()).collect();
     // Stable: several `extra` families of one name keep their order.
-    parts.sort_by(|a, b| a.name.cmp(b.name).then(a.src.cmp(&b.src)));
-    (parts, metrics)
+    extras.sort_by(|a, b| a.name().cmp(b.name()));
+    let mut names = store.family_names().peekable();
+    let mut next_extra = 0;
+    loop {
+        let from_store = names.peek().copied();
+        let from_extra = extras.get(next_extra).map(|f| f.name());
+        let name = match (from_store, from_extra) {
+            (None, None) => break,
+            (Some(s), None) => s,
+            (None, Some(e)) => e,
+            (Some(s), Some(e)) => s.min(e),
+        };
+        if from_store == Some(name) {
+            names.next();
+        }
+        let mut parts = Vec::new();
+        while let Some(&fam) = extras.get(next_extra).filter(|f| f.name() == name) {
+            parts.push(Part { name, src: 0, fam });
+            next_extra += 1;
+        }
+        if parts.is_empty() {
+            let cached = store.rendered(name, slot, || {
+                let fams = holder_families(store, name);
+                let parts: Vec<Part<'_>> = parts_of(name, &fams).collect();
+                let mut buf = Vec::new();
+                write_parts(&parts, slot, &mut Sorter::default(), &mut buf);
+                buf
+            });
+            if let Some(bytes) = cached {
+                out.extend_from_slice(bytes);
+            }
+        } else {
+            let fams = holder_families(store, name);
+            parts.extend(parts_of(name, &fams));
+            write_parts(&parts, slot, &mut Sorter::default(), out);
+        }
+    }
+}
+
+/// The families named `name` of every group holding one, decoded, in grouping-key order.
+fn holder_families(store: &GroupStore, name: &str) -> Vec<MetricFamily> {
+    store.holders(name).map(|(_, sf)| sf.family()).collect()
+}
+
+/// `fams` (of groups, in grouping-key order) as the parts of the merged family `name`.
+fn parts_of<'a>(name: &'a str, fams: &'a [MetricFamily]) -> impl Iterator<Item = Part<'a>> {
+    fams.iter().enumerate().map(move |(i, fam)| Part {
+        name,
+        src: i + 1,
+        fam,
+    })
+}
+
+/// Renders `parts` (sorted by name, then source) in the format of `slot`, appending to `out`.
+fn write_parts<'a>(
+    parts: &[Part<'a>],
+    slot: RenderSlot,
+    sorter: &mut Sorter<'a>,
+    out: &mut Vec<u8>,
+) {
+    match slot {
+        RenderSlot::Text => {
+            let mut scratch = Vec::new();
+            for_each_merged(
+                parts,
+                sorter,
+                |buf, name, ty, m| write_sample_text(buf, &mut scratch, name.as_bytes(), ty, m),
+                |fam, sorter| {
+                    write_family_header(out, fam);
+                    for p in sorter.payloads() {
+                        out.extend_from_slice(p);
+                    }
+                },
+            );
+        }
+        RenderSlot::Protobuf => {
+            let render = |buf: &mut Vec<u8>, _: &str, _: i32, m: &Metric| {
+                // Field 4 (metric), length-delimited. Encoding into a Vec cannot run out of
+                // space.
+                buf.push(0x22);
+                let _ = m.encode_length_delimited(buf);
+            };
+            for_each_merged(parts, sorter, render, |fam, sorter| {
+                write_family_proto(out, fam, sorter)
+            });
+        }
+    }
 }
 
 /// One sample of a merged family.
@@ -384,23 +451,12 @@ fn cmp_metrics(a: &Metric, b: &Metric) -> Ordering {
 }
 
 /// Renders the store plus `extra` (node-local self-metrics) as text format 0.0.4, appending
-/// to `out`. See the module docs for merging, HELP/TYPE choice and ordering.
+/// to `out`. See the module docs for merging, HELP/TYPE choice and ordering. Families that
+/// `extra` does not have come from the store's render cache when they did not change since
+/// the last rendering.
 pub fn text(store: &GroupStore, extra: &[MetricFamily], out: &mut Vec<u8>) {
-    let (parts, total) = collect(store, extra);
-    out.reserve(total.saturating_mul(72) + parts.len() * 48);
-    let mut sorter = Sorter::default();
-    let mut scratch = Vec::new();
-    for_each_merged(
-        &parts,
-        &mut sorter,
-        |buf, name, ty, m| write_sample_text(buf, &mut scratch, name.as_bytes(), ty, m),
-        |fam, sorter| {
-            write_family_header(out, fam);
-            for p in sorter.payloads() {
-                out.extend_from_slice(p);
-            }
-        },
-    );
+    out.reserve(store.series_count().saturating_mul(72));
+    render_all(store, extra, RenderSlot::Text, out);
 }
 
 /// `# HELP` (if any) and `# TYPE` lines.
@@ -511,7 +567,7 @@ fn write_summary(out: &mut Vec<u8>, scratch: &mut Vec<u8>, name: &[u8], m: &Metr
     scratch.clear();
     write_label_pairs(scratch, &m.label);
     let default = Summary::default();
-    let s = m.summary.as_ref().unwrap_or(&default);
+    let s = m.summary.as_deref().unwrap_or(&default);
     for q in &s.quantile {
         write_line(
             out,
@@ -530,7 +586,7 @@ fn write_histogram(out: &mut Vec<u8>, scratch: &mut Vec<u8>, name: &[u8], m: &Me
     scratch.clear();
     write_label_pairs(scratch, &m.label);
     let default = Histogram::default();
-    let h = m.histogram.as_ref().unwrap_or(&default);
+    let h = m.histogram.as_deref().unwrap_or(&default);
     let mut inf_seen = false;
     for b in &h.bucket {
         let v = match b.cumulative_count_float() {
@@ -605,42 +661,39 @@ fn escape_label_value(out: &mut Vec<u8>, s: &str) {
 /// family carries the chosen name, HELP (absent when none is chosen), type and the sorted
 /// metrics as stored (a metric's native-histogram fields included).
 pub fn protobuf(store: &GroupStore, extra: &[MetricFamily], out: &mut Vec<u8>) {
-    let (parts, total) = collect(store, extra);
-    out.reserve(total.saturating_mul(64));
-    let mut sorter = Sorter::default();
-    let render = |buf: &mut Vec<u8>, _: &str, _: i32, m: &Metric| {
-        // Field 4 (metric), length-delimited. Encoding into a Vec cannot run out of space.
-        buf.push(0x22);
-        let _ = m.encode_length_delimited(buf);
-    };
-    for_each_merged(&parts, &mut sorter, render, |fam, sorter| {
-        let name = fam.name.as_bytes();
-        let ty = i64::from(fam.ty) as u64;
-        let mut len = 1 + prost::length_delimiter_len(name.len()) + name.len();
-        if let Some(h) = fam.help {
-            len += 1 + prost::length_delimiter_len(h.len()) + h.len();
-        }
-        len += 1 + varint_len(ty);
-        len += sorter.payload.len();
+    out.reserve(store.series_count().saturating_mul(64));
+    render_all(store, extra, RenderSlot::Protobuf, out);
+}
 
-        write_varint(out, len as u64);
-        // Field 1 (name), length-delimited.
-        out.push(0x0A);
-        write_varint(out, name.len() as u64);
-        out.extend_from_slice(name);
-        if let Some(h) = fam.help {
-            // Field 2 (help).
-            out.push(0x12);
-            write_varint(out, h.len() as u64);
-            out.extend_from_slice(h.as_bytes());
-        }
-        // Field 3 (type), varint; negative enum values sign-extend as in protobuf.
-        out.push(0x18);
-        write_varint(out, ty);
-        for p in sorter.payloads() {
-            out.extend_from_slice(p);
-        }
-    });
+/// One delimited `MetricFamily` message: name, HELP, type and the sorted, pre-encoded
+/// metrics of `sorter`.
+fn write_family_proto(out: &mut Vec<u8>, fam: &Merged<'_>, sorter: &Sorter<'_>) {
+    let name = fam.name.as_bytes();
+    let ty = i64::from(fam.ty) as u64;
+    let mut len = 1 + prost::length_delimiter_len(name.len()) + name.len();
+    if let Some(h) = fam.help {
+        len += 1 + prost::length_delimiter_len(h.len()) + h.len();
+    }
+    len += 1 + varint_len(ty);
+    len += sorter.payload.len();
+
+    write_varint(out, len as u64);
+    // Field 1 (name), length-delimited.
+    out.push(0x0A);
+    write_varint(out, name.len() as u64);
+    out.extend_from_slice(name);
+    if let Some(h) = fam.help {
+        // Field 2 (help).
+        out.push(0x12);
+        write_varint(out, h.len() as u64);
+        out.extend_from_slice(h.as_bytes());
+    }
+    // Field 3 (type), varint; negative enum values sign-extend as in protobuf.
+    out.push(0x18);
+    write_varint(out, ty);
+    for p in sorter.payloads() {
+        out.extend_from_slice(p);
+    }
 }
 
 fn varint_len(v: u64) -> usize {
@@ -736,7 +789,7 @@ fn write_group_json(out: &mut Vec<u8>, key: &[(String, String)], group: &Group) 
 }
 
 fn write_family_json(out: &mut Vec<u8>, sf: &StoredFamily) {
-    let fam = &sf.family;
+    let fam = &sf.family();
     let ty = ty_of(fam);
     out.extend_from_slice(b"{\"time_stamp\":\"");
     write_rfc3339_nano(out, sf.time_ns);
@@ -775,7 +828,7 @@ fn write_metric_json(out: &mut Vec<u8>, m: &Metric, ty: i32) {
     match ty {
         SUMMARY => {
             let default = Summary::default();
-            let s = m.summary.as_ref().unwrap_or(&default);
+            let s = m.summary.as_deref().unwrap_or(&default);
             out.extend_from_slice(b"{\"count\":\"");
             write_u64(out, s.sample_count());
             out.extend_from_slice(b"\",\"labels\":");
@@ -793,7 +846,7 @@ fn write_metric_json(out: &mut Vec<u8>, m: &Metric, ty: i32) {
         }
         HISTOGRAM => {
             let default = Histogram::default();
-            let h = m.histogram.as_ref().unwrap_or(&default);
+            let h = m.histogram.as_deref().unwrap_or(&default);
             out.extend_from_slice(b"{\"buckets\":");
             let mut b: Vec<(String, String)> = h
                 .bucket
@@ -1054,7 +1107,7 @@ mod tests {
     fn hist(l: &[(&str, &str)], buckets: &[(f64, u64)], count: u64, sum: f64) -> Metric {
         Metric {
             label: labels(l),
-            histogram: Some(Histogram {
+            histogram: Some(Box::new(Histogram {
                 sample_count: Some(count),
                 sample_sum: Some(sum),
                 bucket: buckets
@@ -1066,7 +1119,7 @@ mod tests {
                     })
                     .collect(),
                 ..Default::default()
-            }),
+            })),
             ..Default::default()
         }
     }
@@ -1074,7 +1127,7 @@ mod tests {
     fn summary(l: &[(&str, &str)], qs: &[(f64, f64)], count: u64, sum: f64) -> Metric {
         Metric {
             label: labels(l),
-            summary: Some(Summary {
+            summary: Some(Box::new(Summary {
                 sample_count: Some(count),
                 sample_sum: Some(sum),
                 quantile: qs
@@ -1085,7 +1138,7 @@ mod tests {
                     })
                     .collect(),
                 ..Default::default()
-            }),
+            })),
             ..Default::default()
         }
     }
@@ -1106,14 +1159,7 @@ mod tests {
             0,
             records.into_iter().map(|(k, f, t)| {
                 let name = f.name().to_string();
-                (
-                    k,
-                    name,
-                    StoredFamily {
-                        time_ns: t,
-                        family: f,
-                    },
-                )
+                (k, name, StoredFamily::new(t, &f))
             }),
         )
     }
@@ -1774,7 +1820,7 @@ push_time_seconds{instance=\"\",job=\"j\"} 1.7952741025850446e+09
         assert_eq!(fams[4].help(), crate::store::PUSH_FAILURE_TIME_HELP);
         // The metrics are the stored ones, byte for byte.
         let stored = &s.get(&key(&[("job", "a")])).unwrap().families["h"]
-            .family
+            .family()
             .metric[0];
         assert_eq!(&fams[1].metric[0], stored);
         // A negative enum value round-trips.
@@ -1978,7 +2024,8 @@ push_time_seconds{instance=\"\",job=\"j\"} 1.7952741025850446e+09
                 recs.push((key(&[("job", &format!("g{gi}"))]), fam("m", None, GAUGE, metrics), 0));
             }
             let s = store(recs);
-            let (parts, _) = collect(&s, &[]);
+            let fams = holder_families(&s, "m");
+            let parts: Vec<Part<'_>> = parts_of("m", &fams).collect();
             let mut sorter = Sorter::default();
             let mut got = Vec::new();
             for_each_merged(

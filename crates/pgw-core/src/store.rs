@@ -9,6 +9,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::OnceLock;
 
 use crate::command::{Command, CommandResponse, Payload, Push};
 use crate::key::GroupingKey;
@@ -27,13 +28,78 @@ pub const PUSH_FAILURE_TIME_HELP: &str =
     "Last Unix time when changing this group in the Pushgateway failed.";
 
 /// A stored family and the time of the write that stored it.
-#[derive(Clone, Debug, PartialEq)]
+///
+/// The family is kept protobuf-encoded (the bytes that are also its persistent record), with
+/// what the consistency check needs at hand: its type and the identities of its series.
+/// Decoded, a series costs ~600 bytes of small allocations (a `Metric`, its label vector and
+/// two strings per label); encoded it costs its ~50 protobuf bytes plus an 8-byte identity.
+/// [`StoredFamily::family`] decodes it, which only a scrape of a changed family, the JSON API
+/// and the whole-store check do.
+#[derive(Clone, PartialEq)]
 pub struct StoredFamily {
     /// Receive time of the write that stored this family, ns since the Unix epoch; 0 means
     /// "never" (the zero time, rendered `0001-01-01T00:00:00Z` by `/api/v1/metrics`).
     pub time_ns: i64,
-    /// The family, sanitised.
-    pub family: MetricFamily,
+    /// The family, sanitised, protobuf-encoded.
+    encoded: Box<[u8]>,
+    /// [`validate::series_hash`] of each metric's labels, in stored order.
+    series: Box<[u64]>,
+    /// [`validate::known_type`] of the family (`None`: unknown type value).
+    ty: Option<MetricType>,
+}
+
+impl StoredFamily {
+    /// Stores `family` (sanitised), written at `time_ns`.
+    pub fn new(time_ns: i64, family: &MetricFamily) -> Self {
+        use prost::Message;
+        StoredFamily {
+            time_ns,
+            encoded: family.encode_to_vec().into_boxed_slice(),
+            series: family
+                .metric
+                .iter()
+                .map(|m| validate::series_hash(&m.label))
+                .collect(),
+            ty: validate::known_type(family).ok(),
+        }
+    }
+
+    /// Stores an already encoded family (a persisted record), checking that it decodes.
+    fn from_encoded(time_ns: i64, encoded: &[u8]) -> Result<Self, RecordError> {
+        use prost::Message;
+        let family =
+            MetricFamily::decode(encoded).map_err(|e| RecordError::Malformed(e.to_string()))?;
+        let mut sf = StoredFamily::new(time_ns, &family);
+        // Keep the bytes as persisted: they are what this family encodes to.
+        sf.encoded = encoded.into();
+        Ok(sf)
+    }
+
+    /// The family, decoded.
+    pub fn family(&self) -> MetricFamily {
+        use prost::Message;
+        // The bytes were produced by encoding a `MetricFamily` (or checked to decode as one).
+        MetricFamily::decode(&*self.encoded).unwrap_or_default()
+    }
+
+    /// The family's protobuf encoding.
+    pub fn encoded(&self) -> &[u8] {
+        &self.encoded
+    }
+
+    /// Number of series (metrics) in the family.
+    pub fn series_count(&self) -> usize {
+        self.series.len()
+    }
+}
+
+impl std::fmt::Debug for StoredFamily {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoredFamily")
+            .field("time_ns", &self.time_ns)
+            .field("family", &self.family())
+            .finish()
+    }
 }
 
 /// One group: its families by name, including the two synthetic ones.
@@ -51,7 +117,7 @@ impl Group {
             return 0;
         };
         let value = sf
-            .family
+            .family()
             .metric
             .first()
             .and_then(|m| m.gauge.as_ref())
@@ -96,6 +162,9 @@ pub enum Effect {
     Wiped,
     /// The whole store was replaced ([`Command::Replace`]): rewrite every group.
     Replaced,
+    /// The effects of the commands of a [`Command::Batch`], in order (none is
+    /// [`Effect::None`]).
+    Many(Vec<Effect>),
 }
 
 /// The whole store plus its family-name index. See the module docs.
@@ -111,6 +180,19 @@ pub struct GroupStore {
     /// `max(clock, command time)`, so `push_time_seconds` never goes backwards whichever node
     /// took the push.
     clock_ns: i64,
+    /// Identifies the current content within this process (see [`GroupStore::generation`]).
+    /// Node-local; not part of snapshots.
+    generation: u64,
+}
+
+/// Number of renderings [`GroupStore::rendered`] computed (cache misses).
+static RENDERED_BYTES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Source of [`GroupStore::generation`] values, unique within the process.
+static GENERATIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+fn next_generation() -> u64 {
+    GENERATIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
 impl GroupStore {
@@ -164,6 +246,41 @@ impl GroupStore {
     pub fn series_count(&self) -> usize {
         self.index.series_count()
     }
+
+    /// A number that changes whenever the store may have changed: every [`GroupStore::apply`]
+    /// and every restore draws a new one from a process-wide counter, so two stores of one
+    /// process with equal generations hold the same groups (0 is the empty store). For caches
+    /// of whole rendered bodies; never replicated.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// The rendering of family `name` merged across every group holding it, in the format of
+    /// `slot`: computed by `render` on the first call after the family last changed in any
+    /// group, then served from memory until the next change (every write that adds, replaces
+    /// or removes the family in some group drops it). `None` when no group holds `name`.
+    ///
+    /// A scrape of a store that did not change since the previous one copies bytes; after a
+    /// push only the families it touched are rendered again. `render` must be a pure function
+    /// of the store (so the cached bytes are those a fresh rendering would produce).
+    pub fn rendered(
+        &self,
+        name: &str,
+        slot: RenderSlot,
+        render: impl FnOnce() -> Vec<u8>,
+    ) -> Option<&[u8]> {
+        let entry = self.index.families.get(name)?;
+        Some(entry.rendered[slot as usize].get_or_init(|| {
+            RENDERED_BYTES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            render().into_boxed_slice()
+        }))
+    }
+
+    /// How many family renderings [`GroupStore::rendered`] computed in this process so far
+    /// (cache misses). A caller can tell from two readings whether a rendering did any work.
+    pub fn render_cache_misses() -> u64 {
+        RENDERED_BYTES.load(std::sync::atomic::Ordering::Relaxed)
+    }
 }
 
 /// Errors decoding persisted store records.
@@ -185,18 +302,16 @@ pub const RECORD_FORMAT: u8 = 1;
 
 /// Encodes a stored family as one persistent record: version byte, `time_ns`, protobuf.
 pub fn encode_family(sf: &StoredFamily) -> Vec<u8> {
-    use prost::Message;
-    let mut out = Vec::with_capacity(9 + sf.family.encoded_len());
+    // The family is kept encoded: no re-encoding here.
+    let mut out = Vec::with_capacity(9 + sf.encoded.len());
     out.push(RECORD_FORMAT);
     out.extend_from_slice(&sf.time_ns.to_be_bytes());
-    // Encoding into a Vec cannot fail for lack of space.
-    let _ = sf.family.encode(&mut out);
+    out.extend_from_slice(&sf.encoded);
     out
 }
 
 /// Decodes what [`encode_family`] produced.
 pub fn decode_family(bytes: &[u8]) -> Result<StoredFamily, RecordError> {
-    use prost::Message;
     let (&v, rest) = bytes.split_first().ok_or(RecordError::Empty)?;
     if v != RECORD_FORMAT {
         return Err(RecordError::Version(v));
@@ -204,11 +319,7 @@ pub fn decode_family(bytes: &[u8]) -> Result<StoredFamily, RecordError> {
     let (ts, pb) = rest
         .split_first_chunk::<8>()
         .ok_or_else(|| RecordError::Malformed("truncated family record".into()))?;
-    let family = MetricFamily::decode(pb).map_err(|e| RecordError::Malformed(e.to_string()))?;
-    Ok(StoredFamily {
-        time_ns: i64::from_be_bytes(*ts),
-        family,
-    })
+    StoredFamily::from_encoded(i64::from_be_bytes(*ts), pb)
 }
 
 impl GroupingKey {
@@ -248,11 +359,12 @@ impl GroupStore {
     /// A checked push is validated against the family-name index, so its cost grows with the
     /// size of the push (and of the families it replaces), not with the size of the store.
     pub fn apply(&mut self, cmd: &Command) -> (CommandResponse, Effect) {
+        self.generation = next_generation();
         match cmd {
             Command::Delete { key } => match self.groups.remove(key) {
                 Some(group) => {
                     for (name, sf) in &group.families {
-                        self.index.remove(key, name, &sf.family);
+                        self.index.remove(key, name, sf);
                     }
                     (CommandResponse::Applied, Effect::GroupRemoved(key.clone()))
                 }
@@ -265,6 +377,18 @@ impl GroupStore {
                 (CommandResponse::Applied, Effect::Wiped)
             }
             Command::Push(push) => self.apply_push(push),
+            Command::Batch(cmds) => {
+                let mut responses = Vec::with_capacity(cmds.len());
+                let mut effects = Vec::with_capacity(cmds.len());
+                for cmd in cmds {
+                    let (response, effect) = self.apply(cmd);
+                    responses.push(response);
+                    if effect != Effect::None {
+                        effects.push(effect);
+                    }
+                }
+                (CommandResponse::Batch(responses), Effect::Many(effects))
+            }
             Command::Replace { snapshot } => match GroupStore::decode_snapshot(snapshot) {
                 Ok(mut restored) => {
                     // The push clock stays monotone across a restore.
@@ -350,14 +474,16 @@ impl GroupStore {
     /// Inserts or replaces one family of a group (creating the group), keeping the index
     /// in step.
     fn set_family(&mut self, key: &GroupingKey, name: &str, time_ns: i64, family: MetricFamily) {
+        let sf = StoredFamily::new(time_ns, &family);
+        drop(family);
         let group = self.groups.entry(key.clone()).or_default();
-        self.index.add(key, name, &family);
-        if let Some(old) = group
-            .families
-            .insert(name.to_string(), StoredFamily { time_ns, family })
-        {
-            self.index.remove(key, name, &old.family);
+        // The old family leaves the index before the new one enters it: removing it after
+        // would also drop this group from the name's holders.
+        if let Some(old) = group.families.remove(name) {
+            self.index.remove(key, name, &old);
         }
+        self.index.add(key, name, &sf);
+        group.families.insert(name.to_string(), sf);
     }
 
     fn commit_push(
@@ -378,7 +504,7 @@ impl GroupStore {
                     .collect();
                 for name in names {
                     if let Some(old) = group.families.remove(&name) {
-                        self.index.remove(key, &name, &old.family);
+                        self.index.remove(key, &name, &old);
                     }
                     changed.push(name);
                 }
@@ -451,11 +577,11 @@ impl GroupStore {
                 return Some(*t);
             }
             if let Some(sf) = kept_here(name) {
-                return validate::known_type(&sf.family).ok();
+                return sf.ty;
             }
             let mine = group.and_then(|g| g.families.get(name));
             self.index
-                .type_of_others(name, mine.map(|sf| &sf.family))
+                .type_of_others(name, mine)
                 // The node's own families count as present (spec §6 item 4 against own
                 // metrics), from the fixed table so every replica decides alike.
                 .or_else(|| validate::reserved(name).map(|r| r.r#type))
@@ -471,9 +597,7 @@ impl GroupStore {
         }
         for (f, &t) in families.iter().zip(&types) {
             let name = f.name();
-            let mine = group
-                .and_then(|g| g.families.get(name))
-                .map(|sf| &sf.family);
+            let mine = group.and_then(|g| g.families.get(name));
             // Type agreement with other groups.
             if let Some(other) = self.index.type_of_others(name, mine)
                 && other != t
@@ -488,13 +612,8 @@ impl GroupStore {
             }
             // Series unique across groups.
             if self.index.contains(name) {
-                let replaced: std::collections::HashSet<u64> = mine
-                    .map(|fam| {
-                        fam.metric
-                            .iter()
-                            .map(|m| validate::series_hash(&m.label))
-                            .collect()
-                    })
+                let replaced: SeriesSet = mine
+                    .map(|sf| sf.series.iter().copied().collect())
                     .unwrap_or_default();
                 for m in &f.metric {
                     let h = validate::series_hash(&m.label);
@@ -558,18 +677,19 @@ impl GroupStore {
                 let Some(sf) = self.groups.get(key).and_then(|g| g.families.get(name)) else {
                     continue;
                 };
-                let t = match validate::check_family(&sf.family) {
+                let family = sf.family();
+                let t = match validate::check_family(&family) {
                     Ok(t) => t,
                     Err(e) => {
                         errors.push(e);
                         continue;
                     }
                 };
-                if let Err(e) = validate::check_reserved(&sf.family, t) {
+                if let Err(e) = validate::check_reserved(&family, t) {
                     errors.push(e);
                 }
                 let ft = *family_type.get_or_insert(t);
-                for m in &sf.family.metric {
+                for m in &family.metric {
                     if t != ft {
                         errors.push(format!(
                             "collected metric {name:?} {} is not a {}",
@@ -607,14 +727,16 @@ impl GroupStore {
     ) -> Self {
         let mut store = GroupStore {
             clock_ns,
+            generation: next_generation(),
             ..Default::default()
         };
         for (key, name, sf) in families {
-            store.index.add(&key, &name, &sf.family);
             let group = store.groups.entry(key.clone()).or_default();
-            if let Some(old) = group.families.insert(name.clone(), sf) {
-                store.index.remove(&key, &name, &old.family);
+            if let Some(old) = group.families.remove(&name) {
+                store.index.remove(&key, &name, &old);
             }
+            store.index.add(&key, &name, &sf);
+            group.families.insert(name, sf);
         }
         store.maybe_inconsistent = true;
         store.maybe_inconsistent = !store.full_check().is_empty();
@@ -725,6 +847,8 @@ pub fn synthetic(name: &str, key: &GroupingKey, time_ns: i64) -> MetricFamily {
 /// Hash map keyed by an already-mixed `u64` (series hashes): no second hashing, and no
 /// random state. Used for lookups only, never iterated into output.
 type SeriesMap = HashMap<u64, u32, BuildHasherDefault<IdentityHasher>>;
+/// A set of series hashes, hashed like [`SeriesMap`].
+type SeriesSet = std::collections::HashSet<u64, BuildHasherDefault<IdentityHasher>>;
 
 #[derive(Default, Clone, Copy)]
 struct IdentityHasher(u64);
@@ -757,10 +881,23 @@ struct IndexEntry {
     /// Number of holders by [`MetricType`] value (0..=5); unknown types are not counted.
     types: [u32; 6],
     series: SeriesMap,
+    /// The family rendered across all its holders, by [`RenderSlot`], filled by the first
+    /// scrape after the family last changed and dropped by every change (see
+    /// [`GroupStore::rendered`]).
+    rendered: [OnceLock<Box<[u8]>>; 2],
 }
 
-fn type_slot(family: &MetricFamily) -> Option<usize> {
-    validate::known_type(family).ok().map(|t| t as usize)
+/// Which rendering of a family [`GroupStore::rendered`] caches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RenderSlot {
+    /// Text format 0.0.4.
+    Text = 0,
+    /// Delimited protobuf.
+    Protobuf = 1,
+}
+
+fn type_slot(family: &StoredFamily) -> Option<usize> {
+    family.ty.map(|t| t as usize)
 }
 
 impl FamilyIndex {
@@ -792,7 +929,7 @@ impl FamilyIndex {
 
     /// The type of family `name` in groups other than the one holding `mine` (pass that
     /// group's current family, if it holds one, to exclude it).
-    fn type_of_others(&self, name: &str, mine: Option<&MetricFamily>) -> Option<MetricType> {
+    fn type_of_others(&self, name: &str, mine: Option<&StoredFamily>) -> Option<MetricType> {
         let entry = self.families.get(name)?;
         let mut types = entry.types;
         if let Some(slot) = mine.and_then(type_slot) {
@@ -808,39 +945,37 @@ impl FamilyIndex {
         self.type_of_others(name, None)
     }
 
-    fn add(&mut self, key: &GroupingKey, name: &str, family: &MetricFamily) {
+    fn add(&mut self, key: &GroupingKey, name: &str, family: &StoredFamily) {
         let entry = self.families.entry(name.to_string()).or_default();
+        entry.rendered = Default::default();
         entry.holders.insert(key.clone());
         if let Some(slot) = type_slot(family) {
             entry.types[slot] += 1;
         }
-        for m in &family.metric {
-            *entry
-                .series
-                .entry(validate::series_hash(&m.label))
-                .or_insert(0) += 1;
+        for &h in family.series.iter() {
+            *entry.series.entry(h).or_insert(0) += 1;
         }
-        self.series_total += family.metric.len();
+        self.series_total += family.series.len();
     }
 
-    fn remove(&mut self, key: &GroupingKey, name: &str, family: &MetricFamily) {
+    fn remove(&mut self, key: &GroupingKey, name: &str, family: &StoredFamily) {
         let Some(entry) = self.families.get_mut(name) else {
             return;
         };
+        entry.rendered = Default::default();
         entry.holders.remove(key);
         if let Some(slot) = type_slot(family) {
             entry.types[slot] = entry.types[slot].saturating_sub(1);
         }
-        for m in &family.metric {
-            let h = validate::series_hash(&m.label);
-            if let Some(c) = entry.series.get_mut(&h) {
+        for h in family.series.iter() {
+            if let Some(c) = entry.series.get_mut(h) {
                 *c -= 1;
                 if *c == 0 {
-                    entry.series.remove(&h);
+                    entry.series.remove(h);
                 }
             }
         }
-        self.series_total = self.series_total.saturating_sub(family.metric.len());
+        self.series_total = self.series_total.saturating_sub(family.series.len());
         if entry.holders.is_empty() {
             self.families.remove(name);
         }

@@ -36,18 +36,18 @@ fn family(name: &str, t: MetricType, samples: &[(&[(&str, &str)], f64)]) -> Metr
                     MetricType::Gauge => m.gauge = Some(Gauge { value: Some(*v) }),
                     MetricType::Untyped => m.untyped = Some(Untyped { value: Some(*v) }),
                     MetricType::Summary => {
-                        m.summary = Some(Summary {
+                        m.summary = Some(Box::new(Summary {
                             sample_count: Some(1),
                             sample_sum: Some(*v),
                             ..Default::default()
-                        })
+                        }))
                     }
                     MetricType::Histogram => {
-                        m.histogram = Some(Histogram {
+                        m.histogram = Some(Box::new(Histogram {
                             sample_count: Some(1),
                             sample_sum: Some(*v),
                             ..Default::default()
-                        })
+                        }))
                     }
                     MetricType::GaugeHistogram => {}
                 }
@@ -67,7 +67,7 @@ fn push(k: &GroupingKey, replace: bool, t: i64, fams: &[MetricFamily]) -> Comman
 }
 
 fn value(store: &GroupStore, k: &GroupingKey, name: &str) -> Option<Vec<f64>> {
-    let f = &store.get(k)?.families.get(name)?.family;
+    let f = &store.get(k)?.families.get(name)?.family();
     Some(
         f.metric
             .iter()
@@ -86,7 +86,7 @@ fn value(store: &GroupStore, k: &GroupingKey, name: &str) -> Option<Vec<f64>> {
 fn rejected(r: &CommandResponse) -> &str {
     match r {
         CommandResponse::Rejected(m) => m,
-        CommandResponse::Applied => panic!("expected a rejection, got Applied"),
+        other => panic!("expected a rejection, got {other:?}"),
     }
 }
 
@@ -111,7 +111,7 @@ fn put_creates_group_with_synthetic_families_and_sanitised_labels() {
         }
     );
     let g = s.get(&k).unwrap();
-    let labels: Vec<(String, String)> = g.families["m"].family.metric[0]
+    let labels: Vec<(String, String)> = g.families["m"].family().metric[0]
         .label
         .iter()
         .map(|l| (l.name().to_string(), l.value().to_string()))
@@ -131,10 +131,10 @@ fn body_instance_is_kept_unless_the_key_has_one() {
     let k = key(&[("job", "j")]);
     let f = family("m", MetricType::Gauge, &[(&[("instance", "y")], 1.0)]);
     s.apply(&push(&k, true, T1, &[f]));
-    let m = &s.get(&k).unwrap().families["m"].family.metric[0];
+    let m = &s.get(&k).unwrap().families["m"].family().metric[0];
     assert_eq!(m.label[0].value(), "y");
     // The synthetic series get instance="".
-    let p = &s.get(&k).unwrap().families[PUSH_TIME].family.metric[0];
+    let p = &s.get(&k).unwrap().families[PUSH_TIME].family().metric[0];
     assert_eq!(validate::fmt_labels(&p.label), r#"{instance="",job="j"}"#);
 }
 
@@ -479,7 +479,7 @@ fn reserved_self_metric_names() {
         CommandResponse::Applied
     );
     // The stored family keeps what was pushed; the renderer shows the node's own HELP.
-    let stored = &s.get(&k).unwrap().families["process_cpu_seconds_total"].family;
+    let stored = &s.get(&k).unwrap().families["process_cpu_seconds_total"].family();
     assert_eq!(stored.help(), "");
     // A family colliding with an own summary's suffix is refused.
     let r = s
@@ -733,10 +733,7 @@ fn replace_restores_a_snapshot_deterministically_and_rejects_garbage() {
 
 #[test]
 fn family_records_round_trip() {
-    let sf = StoredFamily {
-        time_ns: T1,
-        family: gauge("m", 1.5),
-    };
+    let sf = StoredFamily::new(T1, &gauge("m", 1.5));
     assert_eq!(decode_family(&encode_family(&sf)).unwrap(), sf);
     assert!(decode_family(&[]).is_err());
     assert!(decode_family(&[RECORD_FORMAT, 1, 2]).is_err());
@@ -762,4 +759,116 @@ fn check_cost_does_not_depend_on_store_size_for_holders() {
     });
     assert_eq!(s.holders("m").count(), 49);
     assert_eq!(s.series_count(), 147);
+}
+
+/// Renders text and protobuf of `store` and of a copy rebuilt from its snapshot (no cache).
+fn renderings(store: &GroupStore) -> (Vec<u8>, Vec<u8>, Vec<u8>, Vec<u8>) {
+    let fresh = GroupStore::decode_snapshot(&store.encode_snapshot()).unwrap();
+    let (mut a, mut b, mut c, mut d) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    crate::render::text(store, &[], &mut a);
+    crate::render::text(&fresh, &[], &mut b);
+    crate::render::protobuf(store, &[], &mut c);
+    crate::render::protobuf(&fresh, &[], &mut d);
+    (a, b, c, d)
+}
+
+#[test]
+fn render_cache_follows_every_change() {
+    let mut s = GroupStore::new();
+    let a = key(&[("job", "a")]);
+    let b = key(&[("job", "b")]);
+    let shared = |v: f64| family("shared", MetricType::Gauge, &[(&[("x", "1")], v)]);
+    let own = |v: f64| family("own_a", MetricType::Counter, &[(&[], v)]);
+    let mut step = 0;
+    let mut check = |s: &GroupStore| {
+        step += 1;
+        // Twice: the second rendering comes from the cache.
+        for _ in 0..2 {
+            let (a, b, c, d) = renderings(s);
+            assert_eq!(
+                String::from_utf8_lossy(&a),
+                String::from_utf8_lossy(&b),
+                "text, step {step}"
+            );
+            assert_eq!(c, d, "protobuf, step {step}");
+        }
+    };
+    check(&s);
+    s.apply(&push(&a, true, T1, &[shared(1.0), own(1.0)]));
+    check(&s);
+    s.apply(&push(&b, true, T1 + 1, &[shared(2.0)]));
+    check(&s);
+    // POST replacing one family of one group.
+    s.apply(&push(&a, false, T1 + 2, &[shared(3.0)]));
+    check(&s);
+    // PUT dropping a family.
+    s.apply(&push(&a, true, T1 + 3, &[shared(4.0)]));
+    check(&s);
+    // A rejected push (type conflict) only changes the failure time.
+    s.apply(&push(
+        &b,
+        false,
+        T1 + 4,
+        &[family("shared", MetricType::Counter, &[(&[], 1.0)])],
+    ));
+    // The index names every holder of a family after replacements.
+    assert_eq!(s.holders("shared").count(), 2);
+    assert_eq!(s.holders(PUSH_TIME).count(), 2);
+    check(&s);
+    s.apply(&Command::Delete { key: a.clone() });
+    check(&s);
+    s.apply(&Command::Batch(vec![
+        push(&a, true, T1 + 5, &[own(7.0)]),
+        Command::Delete { key: b.clone() },
+        push(&b, true, T1 + 6, &[shared(8.0)]),
+    ]));
+    check(&s);
+    s.apply(&Command::Wipe);
+    check(&s);
+    // Self-metrics (`extra`) are merged afresh every time, cached families or not.
+    s.apply(&push(&a, true, T1 + 7, &[shared(9.0)]));
+    let extra = [
+        family("shared", MetricType::Gauge, &[(&[("x", "self")], 1.0)]),
+        gauge("zzz_self", 2.0),
+    ];
+    let fresh = GroupStore::decode_snapshot(&s.encode_snapshot()).unwrap();
+    for _ in 0..2 {
+        let (mut x, mut y) = (Vec::new(), Vec::new());
+        crate::render::text(&s, &extra, &mut x);
+        crate::render::text(&fresh, &extra, &mut y);
+        assert_eq!(String::from_utf8_lossy(&x), String::from_utf8_lossy(&y));
+        assert!(String::from_utf8_lossy(&x).contains("zzz_self 2\n"));
+    }
+}
+
+#[test]
+fn a_batch_applies_like_its_commands_one_by_one() {
+    let a = key(&[("job", "a")]);
+    let b = key(&[("job", "b")]);
+    let cmds = vec![
+        push(&a, true, T1, &[gauge("g", 1.0)]),
+        // Rejected: `g` is a gauge in group a.
+        push(
+            &b,
+            true,
+            T1 + 1,
+            &[family("g", MetricType::Counter, &[(&[], 1.0)])],
+        ),
+        push(&b, false, T1 + 2, &[gauge("h", 2.0)]),
+        Command::Delete { key: a.clone() },
+        push(&a, false, T1 + 3, &[gauge("g", 3.0)]),
+    ];
+    let mut one_by_one = GroupStore::new();
+    let expected: Vec<CommandResponse> = cmds.iter().map(|c| one_by_one.apply(c).0).collect();
+    let mut batched = GroupStore::new();
+    let (resp, effect) = batched.apply(&Command::Batch(cmds.clone()));
+    assert_eq!(resp, CommandResponse::Batch(expected.clone()));
+    assert!(matches!(expected[1], CommandResponse::Rejected(_)));
+    assert!(matches!(effect, Effect::Many(ref e) if e.len() == cmds.len()));
+    assert_eq!(batched.encode_snapshot(), one_by_one.encode_snapshot());
+    // Round trip through the command codec.
+    let enc = Command::Batch(cmds.clone()).encode();
+    assert_eq!(Command::decode(&enc).unwrap(), Command::Batch(cmds));
+    let r = CommandResponse::Batch(expected);
+    assert_eq!(CommandResponse::decode(&r.encode()).unwrap(), r);
 }

@@ -18,8 +18,7 @@
 use std::collections::{HashMap, HashSet};
 
 use crate::pb::{
-    Bucket, Counter, Gauge, Histogram, LabelPair, Metric, MetricFamily, MetricType, Quantile,
-    Summary, Untyped,
+    Bucket, Counter, Gauge, LabelPair, Metric, MetricFamily, MetricType, Quantile, Untyped,
 };
 
 /// Why a text body was refused.
@@ -643,7 +642,7 @@ impl<'a> Parser<'a> {
                     metric.untyped = Some(Untyped { value: Some(value) });
                 }
                 Some(MetricType::Summary) => {
-                    let summary = metric.summary.get_or_insert_with(Summary::default);
+                    let summary = metric.summary.get_or_insert_with(Default::default);
                     if s_count {
                         summary.sample_count = Some(go_f64_to_u64(value));
                     } else if s_sum {
@@ -656,7 +655,7 @@ impl<'a> Parser<'a> {
                     }
                 }
                 Some(MetricType::Histogram) => {
-                    let histogram = metric.histogram.get_or_insert_with(Histogram::default);
+                    let histogram = metric.histogram.get_or_insert_with(Default::default);
                     if h_count {
                         histogram.sample_count = Some(go_f64_to_u64(value));
                     } else if h_sum {
@@ -976,6 +975,7 @@ fn go_quote_rune(c: char) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::pb::Histogram;
     use proptest::prelude::*;
 
     fn ok(input: &str) -> Vec<MetricFamily> {
@@ -1629,7 +1629,7 @@ mod tests {
     fn histogram_line_without_suffix_or_le() {
         let f = ok("# TYPE h histogram\nh 1\nh_bucket 2\n");
         let h = f[0].metric[0].histogram.as_ref().unwrap();
-        assert_eq!(*h, Histogram::default());
+        assert_eq!(**h, Histogram::default());
         assert_eq!(f[0].metric.len(), 1);
     }
 

@@ -108,11 +108,14 @@ impl RaftService for RaftGrpc {
         let cmd =
             Command::decode(&req.into_inner().command).map_err(|e| bad_request(e.to_string()))?;
         match self.raft.client_write(cmd).await {
-            Ok(resp) => Ok(Response::new(ForwardWriteReply {
-                response: resp.data.encode().into(),
-                log_index: resp.log_id.index,
-                ..Default::default()
-            })),
+            Ok(resp) => {
+                pgw_store::crash_point!("pgw-raft::forward::after-commit");
+                Ok(Response::new(ForwardWriteReply {
+                    response: resp.data.encode().into(),
+                    log_index: resp.log_id.index,
+                    ..Default::default()
+                }))
+            }
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
                 Ok(Response::new(ForwardWriteReply {
                     not_leader: true,

@@ -22,7 +22,11 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+// tokio's clock, not std's: deadlines follow a paused or simulated runtime clock in tests and
+// are the same as std's in the binary.
+use tokio::time::Instant;
 
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::{Config, Raft, RaftMetrics, ServerState, SnapshotPolicy};
@@ -34,7 +38,7 @@ use pgw_proto::v1::{AddLearnerRequest, ForwardWriteRequest, Member, StatusReques
 use pgw_store::{NodeId, SharedStore, TypeConfig};
 use tokio::sync::watch;
 
-pub use network::Channels;
+pub use network::{ChannelFactory, Channels};
 
 /// The openraft instance of a pgw node.
 pub type PgwRaft = Raft<TypeConfig>;
@@ -93,6 +97,9 @@ pub struct NodeConfig {
     pub heartbeat: Duration,
     /// Raft election timeout range (min; max is 1.25× min).
     pub election_timeout: Duration,
+    /// Test only (`--cluster.peer-dial`): dial these peers at these addresses (loopback
+    /// proxies that can cut links) instead of their membership addresses.
+    pub peer_dial: BTreeMap<NodeId, String>,
 }
 
 impl NodeConfig {
@@ -109,6 +116,7 @@ impl NodeConfig {
             keep_logs_after_snapshot: 1000,
             heartbeat: Duration::from_millis(100),
             election_timeout: Duration::from_millis(400),
+            peer_dial: BTreeMap::new(),
         }
     }
 }
@@ -232,6 +240,24 @@ async fn watch_metrics(raft: PgwRaft, shared: Arc<NodeShared>) {
     }
 }
 
+/// The already built parts [`Node::start_with`] runs a node on.
+pub struct NodeParts<L, S> {
+    /// The Raft log (openraft's v2 `RaftLogStorage`).
+    pub log_store: L,
+    /// The state machine (openraft's v2 `RaftStateMachine`).
+    pub state_machine: S,
+    /// The applied state `state_machine` writes and the node reads ([`Node::read`]).
+    pub store: SharedStore,
+    /// The commit index `log_store` last saw (see [`pgw_store::LogStore::committed_index`]).
+    pub committed: Arc<AtomicU64>,
+    /// Channels to peers: [`Channels::default`] dials TCP, [`Channels::with_factory`] anything
+    /// else.
+    pub channels: Channels,
+    /// Adjusts the openraft configuration derived from [`NodeConfig`] before Raft starts (tests
+    /// use it to fix the election timeout, so that runs are reproducible).
+    pub tune_raft: Option<fn(&mut Config)>,
+}
+
 impl Node {
     /// Opens storage under `config.storage_path`, starts Raft and the gRPC server (when
     /// `grpc` is given) and bootstraps as configured. A single-node cluster is initialised on
@@ -253,8 +279,54 @@ impl Node {
                 config.storage_path.display()
             )
         })?;
-        let store = state_machine.shared();
-        let committed = log_store.committed_index();
+        let parts = NodeParts {
+            store: state_machine.shared(),
+            committed: log_store.committed_index(),
+            log_store,
+            state_machine,
+            channels: Channels::default(),
+            tune_raft: None,
+        };
+        let incoming = grpc.map(tokio_stream::wrappers::TcpListenerStream::new);
+        Self::start_with(config, parts, incoming).await
+    }
+
+    /// Starts a node on already built parts: any log store and state machine for pgw's
+    /// [`TypeConfig`], the applied store and commit index they share, the channels to peers,
+    /// and, when given, the gRPC server on the connections `grpc_incoming` yields. Otherwise
+    /// as [`Node::start`], which calls this with the sled store, TCP channels and a TCP
+    /// listener.
+    pub async fn start_with<L, S, I, IO, IE>(
+        config: NodeConfig,
+        parts: NodeParts<L, S>,
+        grpc_incoming: Option<I>,
+    ) -> anyhow::Result<Node>
+    where
+        L: openraft::storage::RaftLogStorage<TypeConfig>,
+        S: openraft::storage::RaftStateMachine<TypeConfig>,
+        I: futures::Stream<Item = Result<IO, IE>> + Send + 'static,
+        IO: tokio::io::AsyncRead
+            + tokio::io::AsyncWrite
+            + tonic::transport::server::Connected
+            + Unpin
+            + Send
+            + 'static,
+        IE: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let NodeParts {
+            log_store,
+            state_machine,
+            store,
+            committed,
+            channels,
+            tune_raft,
+        } = parts;
+        channels.set_peer_dial(&config.peer_dial);
+        if let Bootstrap::Static(peers) = &config.bootstrap {
+            for (id, addr) in peers {
+                channels.learn_peer(*id, addr);
+            }
+        }
         let election_ms = config.election_timeout.as_millis().max(10) as u64;
         let raft_config = Config {
             cluster_name: "pgw".into(),
@@ -268,8 +340,11 @@ impl Node {
             max_in_snapshot_log_to_keep: config.keep_logs_after_snapshot,
             ..Default::default()
         };
+        let mut raft_config = raft_config;
+        if let Some(tune) = tune_raft {
+            tune(&mut raft_config);
+        }
         let raft_config = Arc::new(raft_config.validate()?);
-        let channels = Channels::default();
         let raft = Raft::new(
             config.id,
             raft_config,
@@ -287,7 +362,7 @@ impl Node {
         });
         let watcher = tokio::spawn(watch_metrics(raft.clone(), shared.clone()));
         let (grpc_stop, stop_rx) = watch::channel(false);
-        let grpc_task = grpc.map(|listener| {
+        let grpc_task = grpc_incoming.map(|incoming| {
             let raft_svc = RaftServiceServer::new(grpc::RaftGrpc::new(raft.clone()))
                 .max_decoding_message_size(network::MAX_MESSAGE)
                 .max_encoding_message_size(network::MAX_MESSAGE);
@@ -298,7 +373,6 @@ impl Node {
             ));
             let mut stop = stop_rx.clone();
             tokio::spawn(async move {
-                let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
                 let result = tonic::transport::Server::builder()
                     .tcp_nodelay(true)
                     .add_service(raft_svc)
@@ -400,17 +474,38 @@ impl Node {
                 Err(_) => return Err(WriteError::Unavailable(self.write_timeout)),
                 Ok(Ok(resp)) => return Ok(resp.data),
                 Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
-                    if let (Some(_), Some(leader)) = (f.leader_id, f.leader_node) {
-                        match self.forward(&leader.raft_addr, &cmd, left).await {
-                            Ok(Some((resp, index))) => {
+                    if let (Some(leader_id), Some(leader)) = (f.leader_id, f.leader_node) {
+                        self.channels.learn_peer(leader_id, &leader.raft_addr);
+                        // A leader that froze or was cut off never answers: give up on it as
+                        // soon as this node stops naming it leader (it voted in an election
+                        // or learnt of a newer term), not only at the deadline. The retry
+                        // may apply the command twice if the old leader did commit it; every
+                        // command is idempotent apart from its push time, and both copies
+                        // land before this write is answered.
+                        let mut metrics = self.raft.metrics();
+                        let leader_changed = async move {
+                            let _ = metrics
+                                .wait_for(|m| m.current_leader != Some(leader_id))
+                                .await;
+                        };
+                        let forwarded = tokio::select! {
+                            r = self.forward(&leader.raft_addr, &cmd, left) => Some(r),
+                            () = leader_changed => None,
+                        };
+                        match forwarded {
+                            Some(Ok(Some((resp, index)))) => {
                                 let left = deadline.saturating_duration_since(Instant::now());
                                 self.wait_applied(index, left).await?;
                                 return Ok(resp);
                             }
-                            Ok(None) => {}
-                            Err(e) => {
+                            Some(Ok(None)) => {}
+                            Some(Err(e)) => {
                                 tracing::debug!(error = %e, "forwarding a write failed; retrying")
                             }
+                            None => tracing::debug!(
+                                from = leader_id,
+                                "the leader changed while forwarding a write; retrying"
+                            ),
                         }
                     }
                 }
@@ -444,9 +539,15 @@ impl Node {
             command: cmd.encode().into(),
         };
         let reply = match tokio::time::timeout(left, client.forward_write(req)).await {
-            Err(_) => return Err("forwarded write timed out".into()),
+            Err(_) => {
+                self.channels.note_timeout(addr);
+                return Err("forwarded write timed out".into());
+            }
             Ok(Err(s)) => return Err(s.to_string()),
-            Ok(Ok(r)) => r.into_inner(),
+            Ok(Ok(r)) => {
+                self.channels.note_answer(addr);
+                r.into_inner()
+            }
         };
         if reply.not_leader {
             return Ok(None);

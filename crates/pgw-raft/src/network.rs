@@ -5,7 +5,7 @@
 //! connection failures map to `Unreachable`, so openraft backs off for [`BACKOFF`] before it
 //! retries a peer.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -35,16 +35,85 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 pub const MAX_MESSAGE: usize = 1 << 30;
 /// Size of one snapshot chunk on the wire.
 const SNAPSHOT_CHUNK: usize = 1 << 20;
+/// A peer that has not answered on its channel for this long while calls to it time out
+/// gets a new connection (see [`Channels::note_timeout`]).
+pub const STALE_AFTER: Duration = Duration::from_secs(1);
 
 /// Channels to peers, keyed by address; cheap to clone.
 #[derive(Clone, Debug, Default)]
 pub struct Channels {
     inner: Arc<Mutex<HashMap<String, Channel>>>,
+    /// When each peer address last answered, or its channel was last judged stale: see
+    /// [`Channels::note_timeout`].
+    answered: Arc<Mutex<HashMap<String, tokio::time::Instant>>>,
+    /// How a configured endpoint becomes a channel; `None`: TCP (`Endpoint::connect_lazy`).
+    factory: Option<ChannelFactory>,
+    /// Test-only dial overrides (`--cluster.peer-dial`), see [`Channels::set_peer_dial`].
+    dial: Arc<Mutex<PeerDial>>,
+}
+
+/// Where to dial peers whose id has an override: by id as configured, and by membership
+/// address once the address of that id is known ([`Channels::learn_peer`]).
+#[derive(Debug, Default)]
+struct PeerDial {
+    by_id: BTreeMap<NodeId, String>,
+    by_addr: HashMap<String, String>,
+}
+
+/// Turns a configured [`Endpoint`] (address, timeouts, keep-alive) into a lazily connected
+/// [`Channel`] over another transport, e.g. a simulated network in tests:
+/// `ChannelFactory::new(|ep| ep.connect_with_connector_lazy(connector))`.
+#[derive(Clone)]
+pub struct ChannelFactory(Arc<dyn Fn(Endpoint) -> Channel + Send + Sync>);
+
+impl ChannelFactory {
+    /// A factory calling `f` for every new peer address.
+    pub fn new(f: impl Fn(Endpoint) -> Channel + Send + Sync + 'static) -> Self {
+        ChannelFactory(Arc::new(f))
+    }
+}
+
+impl std::fmt::Debug for ChannelFactory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ChannelFactory")
+    }
 }
 
 impl Channels {
+    /// Channels whose connections `factory` makes, instead of TCP.
+    pub fn with_factory(factory: ChannelFactory) -> Self {
+        Channels {
+            factory: Some(factory),
+            ..Channels::default()
+        }
+    }
+
+    /// Test only (`--cluster.peer-dial`): dial node `id` at the given address (e.g. a loopback
+    /// proxy that can cut the link) instead of its address in the membership, which stays
+    /// unchanged. Applies to every connection to that peer (Raft, forwarded writes, reads)
+    /// once its membership address is known ([`Channels::learn_peer`]).
+    pub fn set_peer_dial(&self, overrides: &BTreeMap<NodeId, String>) {
+        let mut d = lock(&self.dial);
+        d.by_id = overrides.clone();
+        d.by_addr.clear();
+    }
+
+    /// Records that node `id` is at membership address `addr`, so a dial override for `id`
+    /// applies to `addr`. Cheap; a no-op without overrides.
+    pub fn learn_peer(&self, id: NodeId, addr: &str) {
+        let mut d = lock(&self.dial);
+        if let Some(dial) = d.by_id.get(&id).cloned()
+            && d.by_addr.get(addr) != Some(&dial)
+        {
+            tracing::info!(peer = id, addr, dial = %dial, "dialing peer through override");
+            d.by_addr.insert(addr.to_string(), dial);
+        }
+    }
+
     /// The channel to `addr` (`host:port`), created lazily on first use and reused after.
     pub fn get(&self, addr: &str) -> Result<Channel, String> {
+        let dialed = lock(&self.dial).by_addr.get(addr).cloned();
+        let addr = dialed.as_deref().unwrap_or(addr);
         let mut map = match self.inner.lock() {
             Ok(m) => m,
             Err(p) => p.into_inner(),
@@ -58,9 +127,40 @@ impl Channels {
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(5))
             .keep_alive_timeout(Duration::from_secs(5));
-        let channel = endpoint.connect_lazy();
+        let channel = match &self.factory {
+            None => endpoint.connect_lazy(),
+            Some(f) => (f.0)(endpoint),
+        };
         map.insert(addr.to_string(), channel.clone());
         Ok(channel)
+    }
+
+    /// Records that `addr` answered a call (its connection works).
+    pub fn note_answer(&self, addr: &str) {
+        lock(&self.answered).insert(addr.to_string(), tokio::time::Instant::now());
+    }
+
+    /// Records that a call to `addr` got no answer in time. When nothing came back from
+    /// `addr` for [`STALE_AFTER`], its channel is dropped so that the next call opens a new
+    /// connection: a connection whose packets are silently dropped (a partition, a middlebox
+    /// that lost its state) never fails on its own, and HTTP/2 keep-alive takes up to 10 s to
+    /// notice. Without this a deposed leader cut off for a moment keeps its dead connections,
+    /// never hears of the newer term, and keeps taking (and failing) writes long after the
+    /// network healed. A slow peer that still answers now and then keeps its connection.
+    pub fn note_timeout(&self, addr: &str) {
+        let now = tokio::time::Instant::now();
+        let mut answered = lock(&self.answered);
+        let since = *answered.entry(addr.to_string()).or_insert(now);
+        if now.saturating_duration_since(since) < STALE_AFTER {
+            return;
+        }
+        answered.insert(addr.to_string(), now);
+        drop(answered);
+        let dialed = lock(&self.dial).by_addr.get(addr).cloned();
+        let key = dialed.as_deref().unwrap_or(addr);
+        if lock(&self.inner).remove(key).is_some() {
+            tracing::info!(peer = addr, "no answer for {STALE_AFTER:?}; reconnecting");
+        }
     }
 
     /// A Raft service client for `addr`.
@@ -68,6 +168,13 @@ impl Channels {
         Ok(RaftServiceClient::new(self.get(addr)?)
             .max_decoding_message_size(MAX_MESSAGE)
             .max_encoding_message_size(MAX_MESSAGE))
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    match m.lock() {
+        Ok(g) => g,
+        Err(p) => p.into_inner(),
     }
 }
 
@@ -96,6 +203,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = Connection;
 
     async fn new_client(&mut self, target: NodeId, node: &Node) -> Connection {
+        self.channels.learn_peer(target, &node.raft_addr);
         Connection {
             target,
             addr: node.raft_addr.clone(),
@@ -171,6 +279,7 @@ impl Connection {
         };
         let reply = match tokio::time::timeout(option.hard_ttl(), fut).await {
             Err(_) => {
+                self.channels.note_timeout(&self.addr);
                 return Err(RPCError::Unreachable(unreachable(format!(
                     "node {} at {}: no answer within {:?}",
                     self.target,
@@ -179,7 +288,10 @@ impl Connection {
                 ))));
             }
             Ok(Err(s)) => return Err(status_error(self.target, &self.addr, s).into()),
-            Ok(Ok(r)) => r.into_inner(),
+            Ok(Ok(r)) => {
+                self.channels.note_answer(&self.addr);
+                r.into_inner()
+            }
         };
         decode_reply::<Resp, RaftError<NodeId, E>>(&reply)
             .map_err(|e| RPCError::Network(network_error(e)))?
@@ -301,5 +413,39 @@ impl RaftNetwork<TypeConfig> for Connection {
 
     fn backoff(&self) -> Backoff {
         Backoff::new(std::iter::repeat(BACKOFF))
+    }
+}
+
+#[cfg(test)]
+mod stale_channel_tests {
+    use super::*;
+
+    fn cached(channels: &Channels, addr: &str) -> bool {
+        lock(&channels.inner).contains_key(addr)
+    }
+
+    /// A peer silent for `STALE_AFTER` while calls time out gets a new connection; one that
+    /// answers keeps its own (tests/sim seed 0, partition-leader).
+    #[tokio::test]
+    async fn a_silent_peer_is_reconnected_an_answering_one_is_not() {
+        let channels = Channels::default();
+        let (silent, talking) = ("127.0.0.1:1", "127.0.0.1:2");
+        channels.get(silent).unwrap();
+        channels.get(talking).unwrap();
+        channels.note_timeout(silent);
+        channels.note_timeout(talking);
+        assert!(cached(&channels, silent), "one timeout is not staleness");
+        tokio::time::sleep(STALE_AFTER + Duration::from_millis(50)).await;
+        channels.note_answer(talking);
+        channels.note_timeout(silent);
+        channels.note_timeout(talking);
+        assert!(
+            !cached(&channels, silent),
+            "silent for STALE_AFTER: dropped"
+        );
+        assert!(cached(&channels, talking), "it answered just now: kept");
+        // The next call dials again.
+        channels.get(silent).unwrap();
+        assert!(cached(&channels, silent));
     }
 }

@@ -210,6 +210,12 @@ pub struct Config {
           value_name = "DURATION", help_heading = "Cluster")]
     pub election_timeout: Duration,
 
+    /// Test only, hidden: dial peer ID at HOST:PORT (a loopback proxy that can cut the link)
+    /// instead of its address in the membership. Repeatable or comma-separated.
+    #[arg(long = "cluster.peer-dial", hide = true, value_name = "ID=HOST:PORT[,...]",
+          action = ArgAction::Append)]
+    pub peer_dial: Vec<String>,
+
     /// Refused: pgw always persists every acknowledged write under --storage.path.
     #[arg(long = "persistence.file", help_heading = REFUSED, value_name = "FILE")]
     pub persistence_file: Option<String>,
@@ -299,6 +305,8 @@ pub struct ClusterSettings {
     pub listen_address: Option<String>,
     /// The gRPC address advertised to the cluster ("" when the port is not opened).
     pub advertise_address: String,
+    /// `--cluster.peer-dial` (test only): peer id → the address to dial it at.
+    pub peer_dial: BTreeMap<u64, String>,
 }
 
 /// What the HTTP layer needs, resolved from a validated [`Config`].
@@ -534,12 +542,31 @@ impl Config {
                 None => listen.clone(),
             },
         };
+        let mut peer_dial = BTreeMap::new();
+        for part in self
+            .peer_dial
+            .iter()
+            .flat_map(|s| s.split(','))
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+        {
+            let parsed = part
+                .split_once('=')
+                .and_then(|(id, addr)| Some((id.trim().parse::<u64>().ok()?, addr.trim())));
+            match parsed {
+                Some((id, addr)) if valid_host_port(addr) => {
+                    peer_dial.insert(id, addr.to_string());
+                }
+                _ => return err(format!("--cluster.peer-dial: {part:?} is not id=host:port")),
+            }
+        }
         Ok(ClusterSettings {
             node_id,
             peers,
             join,
             listen_address,
             advertise_address,
+            peer_dial,
         })
     }
 
@@ -911,6 +938,28 @@ mod tests {
         assert_eq!(format_duration(Duration::from_millis(250)), "250ms");
         assert_eq!(format_duration(Duration::from_micros(3)), "3\u{b5}s");
         assert_eq!(format_duration(Duration::from_nanos(12)), "12ns");
+    }
+
+    #[test]
+    fn peer_dial_is_hidden_and_parsed() {
+        let s = cfg(&[
+            "--cluster.node-id=1",
+            "--cluster.peers=1=127.0.0.1:1,2=127.0.0.1:2",
+            "--cluster.peer-dial=2=127.0.0.1:7002,3=127.0.0.1:7003",
+            "--cluster.peer-dial",
+            "4=127.0.0.1:7004",
+        ])
+        .validate()
+        .expect("valid");
+        assert_eq!(s.cluster.peer_dial.len(), 3);
+        assert_eq!(s.cluster.peer_dial[&2], "127.0.0.1:7002");
+        assert!(!s.flags.contains_key("cluster.peer-dial"));
+        assert!(cfg(&["--cluster.peer-dial=x"]).validate().is_err());
+        let mut help = Vec::new();
+        <Config as clap::CommandFactory>::command()
+            .write_long_help(&mut help)
+            .expect("help");
+        assert!(!String::from_utf8_lossy(&help).contains("peer-dial"));
     }
 
     #[test]

@@ -9,7 +9,9 @@
 //!   and the handlers: push, delete, wipe, telemetry, `/api/v1`, health, readiness, quit;
 //! - [`metrics`]: the node-local self-metrics (`pushgateway_*`, `process_*`);
 //! - `ui`: the server-rendered web page;
-//! - [`run`]: wiring a node and the HTTP server together, with graceful shutdown.
+//! - [`run`]: wiring a node and the HTTP server together, with graceful shutdown;
+//! - [`serve`] and [`Clock`]: the same HTTP server on an already started node, any listener
+//!   and an injected wall clock (the seams the deterministic simulation runs a node through).
 //!
 //! Does not own: Raft, storage or the data model. Writes go through
 //! [`pgw_raft::Node::write`] and come back once committed and applied; reads render the
@@ -26,6 +28,7 @@ mod ui;
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use anyhow::Context as _;
 use pgw_raft::{Bootstrap, Node, NodeConfig};
@@ -62,6 +65,7 @@ pub async fn run(
     node_config.heartbeat = config.heartbeat_interval;
     node_config.election_timeout = config.election_timeout;
     node_config.raft_addr = cluster.advertise_address.clone();
+    node_config.peer_dial = cluster.peer_dial.clone();
     node_config.bootstrap = if !cluster.peers.is_empty() {
         Bootstrap::Static(cluster.peers.clone())
     } else if !cluster.join.is_empty() {
@@ -96,17 +100,61 @@ pub async fn run(
         .with_context(|| format!("starting the node on {}", config.storage_path.display()))?;
     let node = Arc::new(node);
 
-    let (quit_tx, mut quit_rx) = watch::channel(false);
-    let metrics = metrics::SelfMetrics::new(metrics::BuildInfo::current());
-    let app = Arc::new(http::App::new(settings, node.clone(), metrics, quit_tx));
-    let router = axum::Router::new().fallback(http::dispatch).with_state(app);
-
     tracing::info!(
         address = %local.map_or_else(|| "?".to_string(), |a| a.to_string()),
         storage = %config.storage_path.display(),
         version = env!("CARGO_PKG_VERSION"),
         "listening"
     );
+    serve(settings, node, listener, Arc::new(SystemClock), shutdown).await
+}
+
+/// A wall clock: where the receiving node reads the push time it stamps into a command
+/// (`push_time_seconds`). The binary uses [`SystemClock`]; simulation tests pass a simulated
+/// clock so that runs are reproducible.
+pub trait Clock: Send + Sync + 'static {
+    /// The current wall-clock time.
+    fn now(&self) -> SystemTime;
+}
+
+/// The system's wall clock.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> SystemTime {
+        SystemTime::now()
+    }
+}
+
+/// Serves the HTTP API of an already started `node` on `listener` (any
+/// [`axum::serve::Listener`]: TCP in the binary, a simulated network in tests) until
+/// `shutdown` completes or `/-/quit` is called, lets in-flight requests finish, then shuts the
+/// node down. [`run`] is this on a node it starts from the flags, with the system clock.
+///
+/// # Errors
+/// A failing server or an unclean node shutdown.
+pub async fn serve<L>(
+    settings: config::Settings,
+    node: Arc<Node>,
+    listener: L,
+    clock: Arc<dyn Clock>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()>
+where
+    L: axum::serve::Listener,
+    L::Addr: std::fmt::Debug,
+{
+    let (quit_tx, mut quit_rx) = watch::channel(false);
+    let metrics = metrics::SelfMetrics::new(metrics::BuildInfo::current());
+    let app = Arc::new(http::App::new(
+        settings,
+        node.clone(),
+        metrics,
+        quit_tx,
+        clock,
+    ));
+    let router = axum::Router::new().fallback(http::dispatch).with_state(app);
     let signal = async move {
         tokio::select! {
             () = shutdown => tracing::info!("shutdown requested; exiting gracefully..."),

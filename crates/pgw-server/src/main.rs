@@ -14,6 +14,9 @@ async fn main() -> ExitCode {
         return ExitCode::from(2);
     }
     pgw_server::logging::init(config.log_level, config.log_format);
+    if let Some(fp) = pgw_store::failpoint::setup_from_env() {
+        tracing::warn!(FAILPOINTS = %fp, "this build has fail points (crash tests only)");
+    }
     let listener = match pgw_server::bind(&config.listen_address).await {
         Ok(l) => l,
         Err(e) => {

@@ -284,7 +284,7 @@ fn metric(labels: &[(&str, &str)], value: Value) -> pb::Metric {
             })
         }
         Value::Gauge(v) => m.gauge = Some(pb::Gauge { value: Some(v) }),
-        Value::Summary(s) => m.summary = Some(s),
+        Value::Summary(s) => m.summary = Some(Box::new(s)),
     }
     m
 }

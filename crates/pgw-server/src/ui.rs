@@ -165,7 +165,7 @@ fn render_group(h: &mut String, key: &GroupingKey, group: &Group) {
         escape(&time_or_never(group.push_failure_time_ns()))
     );
     for (name, sf) in &group.families {
-        let fam = &sf.family;
+        let fam = &sf.family();
         let _ = write!(
             h,
             "<details class=\"family\">\n<summary><code>{}</code> \

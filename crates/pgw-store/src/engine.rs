@@ -127,18 +127,20 @@ impl Engine {
     /// Makes every write issued so far durable: sled's flush (which writes its buffers and
     /// calls `sync_file_range`), then a real `fsync` of the data file.
     pub(crate) async fn sync(&self) -> Result<(), StoreError> {
-        self.db
-            .flush_async()
-            .await
-            .map_err(StoreError::sled("flush"))?;
+        // sled's flush and the fsync in one blocking task: one thread hop per sync instead of
+        // two (sled's `flush_async` runs on sled's own pool), which is on the path of every
+        // acknowledged write.
+        let db = self.db.clone();
         let file = self.data_file.clone();
-        tokio::task::spawn_blocking(move || file.sync_all())
-            .await
-            .map_err(|e| StoreError::Io {
-                context: "fsync task".into(),
-                source: std::io::Error::other(e),
-            })?
-            .map_err(StoreError::io("fsync db"))
+        tokio::task::spawn_blocking(move || {
+            db.flush().map_err(StoreError::sled("flush"))?;
+            file.sync_all().map_err(StoreError::io("fsync db"))
+        })
+        .await
+        .map_err(|e| StoreError::Io {
+            context: "fsync task".into(),
+            source: std::io::Error::other(e),
+        })?
     }
 
     /// [`Engine::sync`] for non-async callers (open).

@@ -15,6 +15,9 @@
 //!   the whole [`pgw_core::GroupStore`] in memory behind a [`SharedStore`] that the HTTP layer
 //!   renders from, and mirrors every change into sled.
 //! - The snapshot file `<dir>/snapshot.bin`.
+//! - [`mem`]: an in-memory log and state machine with an explicit crash model (what survives a
+//!   crash, what a restart rebuilds), for the deterministic simulation tests. The binary never
+//!   uses it.
 //!
 //! It does not own: the Raft node, its network or its configuration (pgw-raft), HTTP
 //! (pgw-server), or what a command means ([`pgw_core::GroupStore::apply`]). It must not depend
@@ -106,7 +109,9 @@ mod chunk;
 mod codec;
 mod engine;
 mod error;
+pub mod failpoint;
 mod log_store;
+pub mod mem;
 mod snapshot_file;
 mod state_machine;
 

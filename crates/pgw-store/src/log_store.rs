@@ -141,6 +141,7 @@ impl LogStore {
         if let Some(last) = entries.last() {
             self.engine.note_durable(last.log_id.index, false).await?;
         }
+        crate::crash_point!("pgw-store::log::after-append");
         Ok(())
     }
 

@@ -146,6 +146,7 @@ fn write(dir: &Path, meta: &Meta, data: &[u8]) -> Result<(), StoreError> {
         .and_then(|()| f.sync_all())
         .map_err(StoreError::io(format!("write {}", tmp.display())))?;
     drop(f);
+    crate::crash_point!("pgw-store::snapshot::before-rename");
     fs::rename(&tmp, &path).map_err(StoreError::io(format!(
         "rename {} to {}",
         tmp.display(),

@@ -181,6 +181,7 @@ impl StateMachineStore {
         self.tree
             .apply_batch(batch)
             .map_err(StoreError::sled("apply to state machine"))?;
+        crate::crash_point!("pgw-store::sm::after-apply");
         Ok(responses)
     }
 
@@ -195,6 +196,7 @@ impl StateMachineStore {
         // from the file. The other order could leave a tree ahead of an older snapshot after
         // the log was purged up to the tree.
         self.snapshots.persist(meta, data).await?;
+        crate::crash_point!("pgw-store::snapshot::install-before-tree");
         let batch = rewrite_batch(&self.tree, &store, &applied)?;
         self.tree
             .apply_batch(batch)
@@ -304,6 +306,11 @@ impl Changes {
                 self.wiped = true;
                 self.replaced = true;
                 self.removed.clear();
+            }
+            Effect::Many(effects) => {
+                for effect in effects {
+                    self.record(effect);
+                }
             }
         }
     }

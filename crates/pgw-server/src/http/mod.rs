@@ -14,6 +14,7 @@
 //! automatic `OPTIONS` are not counted.
 
 mod api;
+mod batch;
 mod body;
 pub(crate) mod path;
 mod push;
@@ -45,6 +46,10 @@ pub(crate) struct App {
     pub(crate) start_time_ns: i128,
     /// Set to `true` by `/-/quit` to start a graceful shutdown.
     pub(crate) quit: watch::Sender<bool>,
+    /// The wall clock push times are stamped from ([`crate::Clock`]).
+    pub(crate) clock: Arc<dyn crate::Clock>,
+    /// Group commit of writes ([`batch`]).
+    pub(crate) writes: batch::Batcher,
     main: Table<MainRoute>,
     api: Table<api::ApiRoute>,
     /// `<prefix>/api/v1`.
@@ -73,6 +78,7 @@ impl App {
         node: Arc<Node>,
         metrics: SelfMetrics,
         quit: watch::Sender<bool>,
+        clock: Arc<dyn crate::Clock>,
     ) -> Self {
         let p = settings.route_prefix.clone();
         let mut main = Table::default();
@@ -122,10 +128,12 @@ impl App {
         App {
             api_base: format!("{p}/api/v1").into_bytes(),
             settings,
+            writes: batch::Batcher::new(node.clone()),
             node,
             metrics,
-            start_time_ns: crate::timefmt::unix_nanos(std::time::SystemTime::now()),
+            start_time_ns: crate::timefmt::unix_nanos(clock.now()),
             quit,
+            clock,
             main,
             api,
         }

@@ -7,7 +7,6 @@
 //! command is committed on a quorum and applied here.
 
 use std::sync::Arc;
-use std::time::SystemTime;
 
 use axum::response::Response;
 use http::StatusCode;
@@ -73,9 +72,9 @@ fn header_str(parts: &Parts, name: HeaderName) -> Option<&str> {
     parts.headers.get(name).and_then(|v| v.to_str().ok())
 }
 
-/// Receive time in ns since the Unix epoch.
-fn now_ns() -> i64 {
-    i64::try_from(crate::timefmt::unix_nanos(SystemTime::now())).unwrap_or(i64::MAX)
+/// Receive time in ns since the Unix epoch, from the app's wall clock.
+fn now_ns(clock: &dyn crate::Clock) -> i64 {
+    i64::try_from(crate::timefmt::unix_nanos(clock.now())).unwrap_or(i64::MAX)
 }
 
 /// PUT (`replace`) or POST to a push path. Returns the response and the number of body
@@ -107,8 +106,10 @@ pub(super) async fn push(
     let content_type = header_str(parts, header::CONTENT_TYPE).map(str::to_string);
     let replace = parts.method == http::Method::PUT;
     let check = app.settings.check_consistency;
+    let clock = app.clock.clone();
     let parsed = offload(raw.len() > OFFLOAD_BYTES, move || {
         build_command(
+            &*clock,
             key,
             replace,
             check,
@@ -141,7 +142,9 @@ pub(super) async fn push(
 }
 
 /// Decodes and parses a push body into its command, or the 4xx response.
+#[allow(clippy::too_many_arguments)]
 fn build_command(
+    clock: &dyn crate::Clock,
     key: GroupingKey,
     replace: bool,
     check: bool,
@@ -169,7 +172,7 @@ fn build_command(
     Ok(Command::Push(Push::new(
         key,
         replace,
-        now_ns(),
+        now_ns(clock),
         check,
         &families,
     )))
@@ -199,7 +202,7 @@ pub(super) async fn wipe(app: &Arc<App>) -> Response {
 /// Replicates `cmd` and maps the outcome: `ok` when applied, 400 when rejected, 503 (with
 /// `Retry-After`) without a leader or while shutting down, 500 on a fatal error.
 async fn write(app: &App, cmd: Command, ok: StatusCode, method: &http::Method) -> Response {
-    match app.node.write(cmd).await {
+    match app.writes.write(cmd).await {
         Ok(CommandResponse::Applied) => resp::empty(ok),
         // With the consistency check disabled upstream answers 202 before the write is
         // processed, so a push it then refuses (samples with timestamps) still gets 202 and
@@ -221,6 +224,13 @@ async fn write(app: &App, cmd: Command, ok: StatusCode, method: &http::Method) -
         Err(e @ WriteError::Fatal(_)) => {
             tracing::error!(err = %e, "write failed");
             resp::error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string())
+        }
+        Ok(CommandResponse::Batch(_)) => {
+            tracing::error!("a single write was answered with a batch response");
+            resp::error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal error: unexpected batch response",
+            )
         }
     }
 }

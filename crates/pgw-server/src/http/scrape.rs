@@ -9,9 +9,10 @@
 //! gzipped when `Accept-Encoding` lists `gzip`.
 
 use std::io::Write;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use axum::response::Response;
+use bytes::Bytes;
 use flate2::Compression;
 use flate2::write::GzEncoder;
 use http::StatusCode;
@@ -56,20 +57,43 @@ pub(super) async fn telemetry(app: &Arc<App>, parts: &Parts) -> Response {
     let format = negotiate(parts.headers.get(header::ACCEPT));
     let gzip = accepts_gzip(parts);
     let node = app.node.clone();
+    // Without self-metrics the body is a function of the store alone: serve the last one
+    // again while the store did not change (no rendering, no copy, no compression).
+    let whole_body = extra.is_empty();
+    if whole_body {
+        let generation = node.read(|s| s.generation());
+        if let Some(body) = last_body(generation, format, gzip) {
+            return exposition(body, format, gzip);
+        }
+    }
     let big = node.read(|s| s.series_count()) > OFFLOAD_SERIES;
     let rendered = offload(big, move || {
+        let misses = GroupStore::render_cache_misses();
         node.read(|store| {
             let problems = store.inconsistencies();
             if !problems.is_empty() {
                 return Err(problems);
             }
-            Ok(render(store, &extra, format))
+            Ok((store.generation(), render(store, &extra, format)))
         })
-        .map(|body| compress(body, gzip))
+        .map(|(generation, body)| {
+            let body = Bytes::from(compress(body, gzip));
+            // Rendering a changed family of a large store decodes it and sorts it: give
+            // that memory back rather than keep it in malloc's free lists.
+            if big && GroupStore::render_cache_misses() != misses {
+                release_memory();
+            }
+            (generation, body)
+        })
     })
     .await;
     match rendered {
-        Some(Ok(body)) => exposition(body, format, gzip),
+        Some(Ok((generation, body))) => {
+            if whole_body {
+                keep_body(generation, format, gzip, &body);
+            }
+            exposition(body, format, gzip)
+        }
         Some(Err(problems)) => inconsistent(&problems),
         None => resp::error(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -78,11 +102,44 @@ pub(super) async fn telemetry(app: &Arc<App>, parts: &Parts) -> Response {
     }
 }
 
+/// Hands the memory glibc's malloc keeps after rendering a large store (the decoded families,
+/// the sort buffers and the body: hundreds of MB at a million series) back to the system, so
+/// the resident size stays that of the store and its render cache.
+fn release_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: `malloc_trim` only returns free memory of malloc's own arenas to the kernel;
+    // it has no preconditions and does not touch allocated blocks.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+/// The last body rendered without self-metrics: store generation, format, gzip, body.
+/// [`GroupStore::generation`] is unique within the process, so one slot serves every node of
+/// a process (tests run several) without mixing their stores up.
+type LastBody = (u64, Format, bool, Bytes);
+static LAST_BODY: Mutex<Option<LastBody>> = Mutex::new(None);
+
+fn last_body(generation: u64, format: Format, gzip: bool) -> Option<Bytes> {
+    let slot = LAST_BODY.lock().unwrap_or_else(|p| p.into_inner());
+    match &*slot {
+        Some((g, f, z, body)) if *g == generation && *f == format && *z == gzip => {
+            Some(body.clone())
+        }
+        _ => None,
+    }
+}
+
+fn keep_body(generation: u64, format: Format, gzip: bool, body: &Bytes) {
+    let mut slot = LAST_BODY.lock().unwrap_or_else(|p| p.into_inner());
+    *slot = Some((generation, format, gzip, body.clone()));
+}
+
 /// `--web.self-metrics-path`: the node's own metrics alone, text format.
 pub(super) async fn self_metrics(app: &Arc<App>, parts: &Parts) -> Response {
     let gzip = accepts_gzip(parts);
     let body = render(&GroupStore::new(), &self_families(app), Format::Text);
-    exposition(compress(body, gzip), Format::Text, gzip)
+    exposition(compress(body, gzip).into(), Format::Text, gzip)
 }
 
 fn render(store: &GroupStore, extra: &[MetricFamily], format: Format) -> Vec<u8> {
@@ -108,7 +165,7 @@ fn inconsistent(problems: &[String]) -> Response {
     )
 }
 
-fn exposition(body: Vec<u8>, format: Format, gzip: bool) -> Response {
+fn exposition(body: Bytes, format: Format, gzip: bool) -> Response {
     let mut r = resp::with_body(StatusCode::OK, body);
     let ct = match format {
         Format::Text => TEXT_FORMAT,

@@ -7,3 +7,4 @@ mod t20_log_reopen;
 mod t30_state_machine;
 mod t40_large_values;
 mod t50_damage;
+mod t60_mem_suite;

@@ -1,0 +1,147 @@
+//! Group commit of writes: the requests this node takes while earlier ones are still being
+//! replicated are proposed together as one [`Command::Batch`], i.e. one Raft entry, one log
+//! append and one fsync (on every replica) for all of them.
+//!
+//! openraft 0.9 appends every `client_write` as its own entry and waits for that append's
+//! fsync before it takes the next one, so without batching a node's write throughput is one
+//! fsync per push. Here a single task pulls the queued writes: as long as fewer than
+//! [`MAX_IN_FLIGHT`] batches are being written (one on the leader) it proposes whatever is
+//! queued at once (a lone request waits for nobody), otherwise the queue grows until a slot
+//! frees up and then goes out as one batch. Each command is still applied exactly as if it had its own entry, in
+//! arrival order, and each request gets its own response; a request that arrives after
+//! another's response was sent is always in a later position of the log.
+
+use std::sync::Arc;
+
+use pgw_core::command::Payload;
+use pgw_core::{Command, CommandResponse};
+use pgw_raft::{Node, WriteError};
+use tokio::sync::{Semaphore, mpsc, oneshot};
+
+/// Batches being written at once by a follower, which forwards them to the leader: two
+/// overlap one batch's forwarding round trip with the next (+10% cluster throughput). The
+/// leader itself keeps one: its Raft core appends one entry at a time anyway, and a second
+/// batch in flight only halves the batch size (-15% single-node throughput, measured).
+const MAX_IN_FLIGHT: u32 = 2;
+/// At most this many commands in one batch.
+const MAX_COMMANDS: usize = 512;
+/// A batch is closed once its pushed payloads reach this many bytes (a larger push goes
+/// alone).
+const MAX_BYTES: usize = 4 << 20;
+
+struct Job {
+    cmd: Command,
+    reply: oneshot::Sender<Result<CommandResponse, WriteError>>,
+}
+
+/// The batching front of [`Node::write`].
+pub(crate) struct Batcher {
+    tx: mpsc::UnboundedSender<Job>,
+    node: Arc<Node>,
+}
+
+fn payload_len(cmd: &Command) -> usize {
+    match cmd {
+        Command::Push(p) => match &p.payload {
+            Payload::Families(b) => b.len(),
+            Payload::Invalid(m) => m.len(),
+        },
+        Command::Replace { snapshot } => snapshot.len(),
+        _ => 64,
+    }
+}
+
+fn clone_error(e: &WriteError) -> WriteError {
+    match e {
+        WriteError::Unavailable(d) => WriteError::Unavailable(*d),
+        WriteError::ShuttingDown => WriteError::ShuttingDown,
+        WriteError::Fatal(m) => WriteError::Fatal(m.clone()),
+    }
+}
+
+impl Batcher {
+    /// Starts the batching task (on the current Tokio runtime).
+    pub(crate) fn new(node: Arc<Node>) -> Batcher {
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(run(node.clone(), rx));
+        Batcher { tx, node }
+    }
+
+    /// Replicates `cmd` like [`Node::write`], batched with concurrent writes.
+    pub(crate) async fn write(&self, cmd: Command) -> Result<CommandResponse, WriteError> {
+        if matches!(cmd, Command::Replace { .. } | Command::Wipe) {
+            return self.node.write(cmd).await;
+        }
+        let (reply, rx) = oneshot::channel();
+        if let Err(mpsc::error::SendError(job)) = self.tx.send(Job { cmd, reply }) {
+            return self.node.write(job.cmd).await;
+        }
+        rx.await.unwrap_or(Err(WriteError::ShuttingDown))
+    }
+}
+
+async fn run(node: Arc<Node>, mut rx: mpsc::UnboundedReceiver<Job>) {
+    let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT as usize));
+    loop {
+        // Wait for a free slot first: while every slot is busy, requests queue up and go out
+        // together. A leader takes every slot for one batch.
+        let want = if node.status().is_leader {
+            MAX_IN_FLIGHT
+        } else {
+            1
+        };
+        let Ok(permit) = slots.clone().acquire_many_owned(want).await else {
+            return;
+        };
+        let Some(first) = rx.recv().await else {
+            return;
+        };
+        let mut bytes = payload_len(&first.cmd);
+        let mut jobs = vec![first];
+        while jobs.len() < MAX_COMMANDS && bytes < MAX_BYTES {
+            match rx.try_recv() {
+                Ok(job) => {
+                    bytes += payload_len(&job.cmd);
+                    jobs.push(job);
+                }
+                Err(_) => break,
+            }
+        }
+        let node = node.clone();
+        tokio::spawn(async move {
+            write_batch(&node, jobs).await;
+            drop(permit);
+        });
+    }
+}
+
+async fn write_batch(node: &Node, mut jobs: Vec<Job>) {
+    if jobs.len() == 1 {
+        if let Some(job) = jobs.pop() {
+            let _ = job.reply.send(node.write(job.cmd).await);
+        }
+        return;
+    }
+    let (cmds, replies): (Vec<Command>, Vec<_>) =
+        jobs.into_iter().map(|j| (j.cmd, j.reply)).unzip();
+    let n = cmds.len();
+    match node.write(Command::Batch(cmds)).await {
+        Ok(CommandResponse::Batch(responses)) if responses.len() == n => {
+            for (reply, response) in replies.into_iter().zip(responses) {
+                let _ = reply.send(Ok(response));
+            }
+        }
+        Ok(other) => {
+            let msg = format!("unexpected response to a batch of {n} writes: {other:?}");
+            tracing::error!("{msg}");
+            for reply in replies {
+                let _ = reply.send(Err(WriteError::Fatal(msg.clone())));
+            }
+        }
+        Err(e) => {
+            for reply in replies {
+                let _ = reply.send(Err(clone_error(&e)));
+            }
+        }
+    }
+}
