@@ -227,6 +227,11 @@ run_scale() { # system run
   echo "== $s run $r: $urls (pids $pids)" >&2
   load "$s.$r.preload1m" preload --url "$urls" -c 32 --groups 10000 --series 100 \
     --job bulk --family pgw_bulk_gauge --pid "$pids"
+  # The first scrape after the preload renders all 1M series (nothing cached yet).
+  local first
+  first=$(curl -fsS -o /dev/null -w '%{time_total}' "${urls%%,*}/metrics")
+  echo "{\"first_scrape_s\": $first}" >"$results/$s.$r.firstscrape.json"
+  echo "   first (uncached) scrape of node 1: ${first}s" >&2
   if [ "$s" = cluster ]; then
     read -r same secs <<<"$(replicas_identical "$urls")"
     echo "{\"identical\": $same, \"converged_s\": ${secs:-null}}" >"$results/$s.$r.replicas.json"

@@ -40,6 +40,7 @@ GUARD_ROWS = FULL_ROWS[:3]
 SCALE_ROWS = [
     ("preload1m", "push", "elapsed_s", "preload 1M series (10k groups x 100)", "s"),
     ("preload1m", "push", "throughput_per_s", "preload 1M series: pushes", "push/s"),
+    ("firstscrape", None, "first_scrape_s", "first scrape of 1M series (nothing cached)", "s"),
     ("scrape1m", "scrape", "latency_ms.p50", "scrape of 1M series: p50", "ms"),
     ("scrape1m", "scrape", "latency_ms.max", "scrape of 1M series: max", "ms"),
     ("scrape1m", "scrape", "bytes_per_response", "scrape of 1M series: body", "MB"),

@@ -155,6 +155,9 @@ struct Shared {
     admin_running: bool,
     /// Linearizable reads made by the clients.
     lin_reads: Vec<LinRead>,
+    /// A node the load balancer sends most requests to for a while (stale-forward: the
+    /// follower whose link to the leader is held, so that many forwards are caught on it).
+    favoured: Option<u64>,
 }
 
 type SharedRef = Arc<Mutex<Shared>>;
@@ -294,8 +297,20 @@ struct ReadWatch {
     applied: BTreeMap<(u64, u64), u64>,
     /// (node, incarnation, group, family) → last value seen (`None`: seen, then gone).
     last: BTreeMap<(u64, u64, String, String), Option<u64>>,
-    /// Value changes: (node, incarnation, group, family, before, after (`None`: gone), at).
-    changes: Vec<(u64, u64, String, String, u64, Option<u64>, Duration)>,
+    /// Value changes.
+    changes: Vec<ValueChange>,
+}
+
+/// A replica's value of one family changed.
+struct ValueChange {
+    node: u64,
+    incarnation: u64,
+    group: String,
+    family: String,
+    before: u64,
+    /// `None`: the family is gone.
+    after: Option<u64>,
+    at: Duration,
 }
 
 impl ReadWatch {
@@ -340,8 +355,15 @@ impl ReadWatch {
             if let Some(Some(before)) = self.last.get(&k).copied()
                 && Some(before) != value
             {
-                self.changes
-                    .push((k.0, k.1, k.2.clone(), k.3.clone(), before, value, at));
+                self.changes.push(ValueChange {
+                    node: k.0,
+                    incarnation: k.1,
+                    group: k.2.clone(),
+                    family: k.3.clone(),
+                    before,
+                    after: value,
+                    at,
+                });
             }
             self.last.insert(k, value);
         }
@@ -351,7 +373,16 @@ impl ReadWatch {
     fn violations(&self, ops: &[pgw_testkit::Op]) -> Vec<String> {
         let by_value: BTreeMap<u64, &pgw_testkit::Op> = ops.iter().map(|o| (o.value, o)).collect();
         let mut out = Vec::new();
-        for (id, inc, group, family, before, after, at) in &self.changes {
+        for c in &self.changes {
+            let ValueChange {
+                node: id,
+                incarnation: inc,
+                group,
+                family,
+                before,
+                after,
+                at,
+            } = c;
             let Some(v) = by_value.get(before) else {
                 continue;
             };
@@ -644,9 +675,11 @@ impl<'a> Driver<'a> {
                     }
                     self.faults.net_faulty = true;
                     self.stale = Some((l, f, others));
+                    lock(&self.shared).favoured = Some(f);
                 }
             }
             Action::RejoinHeldLeader => {
+                lock(&self.shared).favoured = None;
                 if let Some((l, _, others)) = self.stale.clone() {
                     for n in others {
                         self.sim.repair(host(l), host(n));
@@ -1099,8 +1132,15 @@ async fn load_client(ctx: ClientCtx, index: u64) -> turmoil::Result {
     wait_for_leader(&ctx.slots).await;
     while turmoil::sim_elapsed().unwrap_or_default() < ctx.plan.load_until {
         tokio::time::sleep(Duration::from_millis(rng.gen_range(10..80))).await;
-        let serving = lock(&ctx.shared).serving.clone();
-        let Some(&node) = serving.choose(&mut rng) else {
+        let (serving, favoured) = {
+            let s = lock(&ctx.shared);
+            (s.serving.clone(), s.favoured)
+        };
+        let picked = match favoured {
+            Some(f) if rng.gen_bool(0.7) => Some(f),
+            _ => serving.choose(&mut rng).copied(),
+        };
+        let Some(node) = picked else {
             continue;
         };
         let group = format!("g{}", rng.gen_range(0..ctx.plan.groups));

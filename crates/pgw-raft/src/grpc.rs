@@ -105,8 +105,44 @@ impl RaftService for RaftGrpc {
         &self,
         req: Request<ForwardWriteRequest>,
     ) -> Result<Response<ForwardWriteReply>, Status> {
-        let cmd =
-            Command::decode(&req.into_inner().command).map_err(|e| bad_request(e.to_string()))?;
+        let req = req.into_inner();
+        let cmd = Command::decode(&req.command).map_err(|e| bad_request(e.to_string()))?;
+        // Fencing: only the leader of the term the sender addressed takes the write. A copy
+        // that arrives late (held in a partition) after the sender retried it elsewhere finds
+        // this node in a newer term, or not leading, and is refused: applying it now would put
+        // an acknowledged write after writes that were acknowledged later (tests/sim,
+        // stale-forward).
+        if req.term != 0 {
+            let (leads, term, leader) = {
+                let m = self.raft.metrics();
+                let m = m.borrow();
+                let leader = m.current_leader.and_then(|id| {
+                    m.membership_config
+                        .membership()
+                        .get_node(&id)
+                        .map(|n| (id, n.raft_addr.clone()))
+                });
+                (
+                    m.state == openraft::ServerState::Leader,
+                    m.current_term,
+                    leader,
+                )
+            };
+            if !leads || term != req.term {
+                tracing::debug!(
+                    addressed = req.term,
+                    term,
+                    "refusing a forwarded write addressed to another term"
+                );
+                let (leader_id, leader_address) = leader.unwrap_or_default();
+                return Ok(Response::new(ForwardWriteReply {
+                    not_leader: true,
+                    leader_id,
+                    leader_address,
+                    ..Default::default()
+                }));
+            }
+        }
         match self.raft.client_write(cmd).await {
             Ok(resp) => {
                 pgw_store::crash_point!("pgw-raft::forward::after-commit");

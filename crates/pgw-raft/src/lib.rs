@@ -537,6 +537,9 @@ impl Node {
         let mut client = self.channels.raft_client(addr)?;
         let req = ForwardWriteRequest {
             command: cmd.encode().into(),
+            // This node follows the leader it forwards to in its current term: the receiver
+            // takes the write only while it still leads that term (see the proto).
+            term: self.raft.metrics().borrow().current_term,
         };
         let reply = match tokio::time::timeout(left, client.forward_write(req)).await {
             Err(_) => {

@@ -11,7 +11,8 @@
 //! arrival order, and each request gets its own response; a request that arrives after
 //! another's response was sent is always in a later position of the log.
 
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
 
 use pgw_core::command::Payload;
 use pgw_core::{Command, CommandResponse};
@@ -28,6 +29,12 @@ const MAX_COMMANDS: usize = 512;
 /// A batch is closed once its pushed payloads reach this many bytes (a larger push goes
 /// alone).
 const MAX_BYTES: usize = 4 << 20;
+
+/// How often the memory that writes freed is handed back to the system, when the store
+/// changed (on every node, the replicated writes included): glibc keeps what the push path frees (bodies, decoded families, commands, log
+/// entries) in per-thread arenas, and a node under steady pushes otherwise holds 50–70 MB more
+/// than its store needs at 100k series.
+const TRIM_EVERY: Duration = Duration::from_secs(1);
 
 struct Job {
     cmd: Command,
@@ -64,6 +71,7 @@ impl Batcher {
     pub(crate) fn new(node: Arc<Node>) -> Batcher {
         let (tx, rx) = mpsc::unbounded_channel();
         tokio::spawn(run(node.clone(), rx));
+        tokio::spawn(trim(Arc::downgrade(&node)));
         Batcher { tx, node }
     }
 
@@ -77,6 +85,22 @@ impl Batcher {
             return self.node.write(job.cmd).await;
         }
         rx.await.unwrap_or(Err(WriteError::ShuttingDown))
+    }
+}
+
+/// Every [`TRIM_EVERY`], if the store changed since the last time, returns free memory to the
+/// system. Ends with the node.
+async fn trim(node: Weak<Node>) {
+    let mut seen = 0;
+    loop {
+        tokio::time::sleep(TRIM_EVERY).await;
+        let Some(generation) = node.upgrade().map(|n| n.read(|s| s.generation())) else {
+            return;
+        };
+        if generation != seen {
+            seen = generation;
+            let _ = tokio::task::spawn_blocking(super::scrape::release_memory).await;
+        }
     }
 }
 

@@ -104,8 +104,9 @@ pub(super) async fn telemetry(app: &Arc<App>, parts: &Parts) -> Response {
 
 /// Hands the memory glibc's malloc keeps after rendering a large store (the decoded families,
 /// the sort buffers and the body: hundreds of MB at a million series) back to the system, so
-/// the resident size stays that of the store and its render cache.
-fn release_memory() {
+/// the resident size stays that of the store and its render cache. Also run after writes
+/// (see `batch`).
+pub(super) fn release_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: `malloc_trim` only returns free memory of malloc's own arenas to the kernel;
     // it has no preconditions and does not touch allocated blocks.
