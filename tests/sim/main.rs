@@ -14,6 +14,8 @@
 //! - `SIM_SEEDS=N` (and `SIM_SEED_BASE=b`, default 1000): seeds `b..b+N`.
 //! - `SIM_LOG=info|debug|...`: node logs with simulated timestamps.
 
+mod checks;
+mod clients;
 mod cluster;
 mod driver;
 mod net;

@@ -101,11 +101,13 @@ pub enum Action {
     Latency(Duration),
     /// Fixed latency on the links between `who` and every other node.
     LinkLatency(Who, Duration),
-    /// Node-to-node links fail at random per message and come back at random.
+    /// Node-to-node links fail at random per message (dropping what is in flight) and come
+    /// back with a later message.
     Flaky {
         /// Probability that a message breaks its link.
         fail_rate: f64,
-        /// Probability that a message finds a broken link repaired.
+        /// Drawn for the log only: turmoil 0.7.2 has no per-link repair rate, so a broken link
+        /// comes back at the global rate (1.0: the next message).
         repair_rate: f64,
     },
     /// Crash a node (its host stops; only its `MemDisk` survives).

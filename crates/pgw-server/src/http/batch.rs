@@ -7,9 +7,9 @@
 //! fsync per push. Here a single task pulls the queued writes: as long as fewer than
 //! [`MAX_IN_FLIGHT`] batches are being written (one on the leader) it proposes whatever is
 //! queued at once (a lone request waits for nobody), otherwise the queue grows until a slot
-//! frees up and then goes out as one batch. Each command is still applied exactly as if it had its own entry, in
-//! arrival order, and each request gets its own response; a request that arrives after
-//! another's response was sent is always in a later position of the log.
+//! frees up and then goes out as one batch. Each command is still applied exactly as if it
+//! had its own entry, in arrival order, and each request gets its own response; a request
+//! that arrives after another's response was sent is always in a later position of the log.
 
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -31,9 +31,9 @@ const MAX_COMMANDS: usize = 512;
 const MAX_BYTES: usize = 4 << 20;
 
 /// How often the memory that writes freed is handed back to the system, when the store
-/// changed (on every node, the replicated writes included): glibc keeps what the push path frees (bodies, decoded families, commands, log
-/// entries) in per-thread arenas, and a node under steady pushes otherwise holds 50–70 MB more
-/// than its store needs at 100k series.
+/// changed (on every node, the replicated writes included): glibc keeps what the push path
+/// frees (bodies, decoded families, commands, log entries) in per-thread arenas, and a node
+/// under steady pushes otherwise holds 50–70 MB more than its store needs at 100k series.
 const TRIM_EVERY: Duration = Duration::from_secs(1);
 
 struct Job {
@@ -71,7 +71,14 @@ impl Batcher {
     pub(crate) fn new(node: Arc<Node>) -> Batcher {
         let (tx, rx) = mpsc::unbounded_channel();
         tokio::spawn(run(node.clone(), rx));
-        tokio::spawn(trim(Arc::downgrade(&node)));
+        // Only where the runtime has worker threads (the binary's): the trim runs on the
+        // blocking pool, whose real-time work would reorder the events of a simulated,
+        // single-threaded runtime (tests/sim's determinism check).
+        if tokio::runtime::Handle::current().runtime_flavor()
+            == tokio::runtime::RuntimeFlavor::MultiThread
+        {
+            tokio::spawn(trim(Arc::downgrade(&node)));
+        }
         Batcher { tx, node }
     }
 
