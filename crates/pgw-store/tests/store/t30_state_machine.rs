@@ -275,18 +275,7 @@ async fn replace_survives_reopen() {
         }
         expected = content(&sm.shared());
     }
-    // sled's flusher thread may hold the directory lock for a moment after the last handle
-    // is dropped (longer with large values): retry the reopen briefly.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    let (_log, mut sm) = loop {
-        match pgw_store::open(dir.path()) {
-            Ok(opened) => break opened,
-            Err(e) if std::time::Instant::now() < deadline && e.to_string().contains("lock") => {
-                std::thread::sleep(std::time::Duration::from_millis(20));
-            }
-            Err(e) => panic!("reopen: {e}"),
-        }
-    };
+    let (_log, mut sm) = reopen(dir.path());
     assert_eq!(content(&sm.shared()), expected);
     assert_eq!(sm.applied_state().await.unwrap().0, Some(lid(1, 4)));
 }

@@ -26,7 +26,7 @@ async fn five_mib_entry_and_family_round_trip() {
         before = content(&sm.shared());
         assert!(before.len() >= 5 << 20);
     }
-    let (mut log, sm) = pgw_store::open(dir.path()).unwrap();
+    let (mut log, sm) = reopen(dir.path());
     let got = log.try_get_log_entries(1..3).await.unwrap();
     assert_eq!(got, vec![entry, blank(1, 2)]);
     assert_eq!(content(&sm.shared()), before);
@@ -42,7 +42,7 @@ async fn five_mib_entry_and_family_round_trip() {
     .unwrap();
     let small = content(&sm.shared());
     drop((log, sm));
-    let (_log, sm) = pgw_store::open(dir.path()).unwrap();
+    let (_log, sm) = reopen(dir.path());
     assert_eq!(content(&sm.shared()), small);
 
     // Nothing went to sled's blob files, which sled never fsyncs.
