@@ -3,7 +3,7 @@
 //! Run: `cargo bench -p pgw-benches --bench core`. Figures go to docs/performance.md.
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use pgw_benches::{key, put, store, text_body};
+use pgw_benches::{key, load_push, load_store, put, store, text_body};
 use pgw_core::Command;
 use pgw_core::command::Push;
 
@@ -76,6 +76,31 @@ fn render(c: &mut Criterion) {
             pgw_core::render::text(&s, &[], &mut out);
             out.len()
         })
+    });
+
+    // One family shared by 1,000 groups of 100 series (as `pgw-load preload`): after a push
+    // to one group, that group's run is rendered again and the others' are copied.
+    let mut s = load_store(1_000, 100);
+    let cmd = load_push(500, 100, 1_800_000_000_000_000_000);
+    g.bench_function("100k_series_1k_groups_after_one_push", |b| {
+        b.iter(|| {
+            s.apply(&cmd);
+            out.clear();
+            pgw_core::render::text(&s, &[], &mut out);
+            out.len()
+        })
+    });
+    let base_groups = load_store(1_000, 100);
+    g.bench_function("100k_series_1k_groups_uncached", |b| {
+        b.iter_batched_ref(
+            || base_groups.clone(),
+            |s| {
+                out.clear();
+                pgw_core::render::text(s, &[], &mut out);
+                out.len()
+            },
+            criterion::BatchSize::LargeInput,
+        )
     });
     g.finish();
 

@@ -41,3 +41,25 @@ pub fn store(groups: usize, series_per_group: usize) -> GroupStore {
     }
     s
 }
+
+/// A store shaped like `pgw-load preload`: `groups` groups `{job="load", instance="g<i>"}`,
+/// each with `series` gauges `pgw_load_gauge{series="<j>"}` of one shared family. The
+/// grouping labels sort before `series`, so the groups' samples do not interleave.
+pub fn load_store(groups: usize, series: usize) -> GroupStore {
+    let mut s = GroupStore::new();
+    for g in 0..groups {
+        s.apply(&load_push(g, series, 1_700_000_000_000_000_000 + g as i64));
+    }
+    s
+}
+
+/// The push `pgw-load` sends to group `g`: `series` gauges of `pgw_load_gauge`.
+pub fn load_push(g: usize, series: usize, time_ns: i64) -> Command {
+    let mut body = String::from("# TYPE pgw_load_gauge gauge\n");
+    for j in 0..series {
+        body.push_str(&format!("pgw_load_gauge{{series=\"{j}\"}} {}.25\n", j + g));
+    }
+    let families = pgw_core::text::parse(body.as_bytes()).unwrap_or_default();
+    let key = GroupingKey::from_pairs([("job", "load".to_string()), ("instance", format!("g{g}"))]);
+    Command::Push(Push::new(key, true, time_ns, true, &families))
+}

@@ -26,6 +26,7 @@ pub mod render;
 pub mod store;
 pub mod text;
 pub mod validate;
+mod view;
 
 /// The Prometheus client data model (`io.prometheus.client`), generated from
 /// `proto/metrics.proto`.

@@ -14,6 +14,7 @@ use std::sync::OnceLock;
 use crate::command::{Command, CommandResponse, Payload, Push};
 use crate::key::GroupingKey;
 use crate::pb::{Gauge, LabelPair, Metric, MetricFamily, MetricType};
+use crate::render::{Rendered, Run};
 use crate::validate;
 
 /// Name of the synthetic gauge holding the last successful push time.
@@ -35,7 +36,7 @@ pub const PUSH_FAILURE_TIME_HELP: &str =
 /// two strings per label); encoded it costs its ~50 protobuf bytes plus an 8-byte identity.
 /// [`StoredFamily::family`] decodes it, which only a scrape of a changed family, the JSON API
 /// and the whole-store check do.
-#[derive(Clone, PartialEq)]
+#[derive(Clone)]
 pub struct StoredFamily {
     /// Receive time of the write that stored this family, ns since the Unix epoch; 0 means
     /// "never" (the zero time, rendered `0001-01-01T00:00:00Z` by `/api/v1/metrics`).
@@ -46,6 +47,16 @@ pub struct StoredFamily {
     series: Box<[u64]>,
     /// [`validate::known_type`] of the family (`None`: unknown type value).
     ty: Option<MetricType>,
+    /// This family rendered on its own, by [`RenderSlot`]: derived from `encoded`, filled by
+    /// a scrape (see [`crate::render`]), dropped with the family when a write replaces it.
+    runs: [OnceLock<Box<Run>>; 2],
+}
+
+impl PartialEq for StoredFamily {
+    /// Equal content; the render cache is derived and not compared.
+    fn eq(&self, other: &Self) -> bool {
+        self.time_ns == other.time_ns && self.encoded == other.encoded
+    }
 }
 
 impl StoredFamily {
@@ -61,6 +72,7 @@ impl StoredFamily {
                 .map(|m| validate::series_hash(&m.label))
                 .collect(),
             ty: validate::known_type(family).ok(),
+            runs: Default::default(),
         }
     }
 
@@ -90,6 +102,17 @@ impl StoredFamily {
     /// Number of series (metrics) in the family.
     pub fn series_count(&self) -> usize {
         self.series.len()
+    }
+
+    /// This family rendered on its own in the format of `slot`, if a scrape cached it.
+    pub(crate) fn run(&self, slot: RenderSlot) -> Option<&Run> {
+        self.runs[slot as usize].get().map(|r| &**r)
+    }
+
+    /// Caches `run`, this family rendered on its own in the format of `slot` (a no-op when
+    /// one is cached already: both are renderings of the same bytes).
+    pub(crate) fn set_run(&self, slot: RenderSlot, run: Run) {
+        let _ = self.runs[slot as usize].set(Box::new(run));
     }
 }
 
@@ -263,16 +286,16 @@ impl GroupStore {
     /// A scrape of a store that did not change since the previous one copies bytes; after a
     /// push only the families it touched are rendered again. `render` must be a pure function
     /// of the store (so the cached bytes are those a fresh rendering would produce).
-    pub fn rendered(
+    pub(crate) fn rendered(
         &self,
         name: &str,
         slot: RenderSlot,
-        render: impl FnOnce() -> Vec<u8>,
-    ) -> Option<&[u8]> {
+        render: impl FnOnce() -> Rendered,
+    ) -> Option<&Rendered> {
         let entry = self.index.families.get(name)?;
         Some(entry.rendered[slot as usize].get_or_init(|| {
             RENDERED_BYTES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            render().into_boxed_slice()
+            render()
         }))
     }
 
@@ -884,7 +907,7 @@ struct IndexEntry {
     /// The family rendered across all its holders, by [`RenderSlot`], filled by the first
     /// scrape after the family last changed and dropped by every change (see
     /// [`GroupStore::rendered`]).
-    rendered: [OnceLock<Box<[u8]>>; 2],
+    rendered: [OnceLock<Rendered>; 2],
 }
 
 /// Which rendering of a family [`GroupStore::rendered`] caches.
