@@ -240,6 +240,11 @@ run_scale() { # system run
   load "$s.$r.scrape1m" scrape --url "${urls%%,*}" --scrape-connections 1 -d "$d" --pid "$pids"
   load "$s.$r.push1_at1m" push --url "$urls" -c 1 --series 10 --groups 100 -d "$d" \
     --job seq --pid "$pids"
+  # Scrapes while 4 connections keep replacing groups of the 1M-series family: every
+  # scrape follows changes to it.
+  load "$s.$r.mixed1m" mixed --url "$urls" -c 4 --series 100 --groups 10000 -d "$d" \
+    --job bulk --family pgw_bulk_gauge --scrape-connections 1 --scrape-interval-ms 1000 \
+    --pid "$pids"
   if [ "$s" = cluster ]; then
     # Restart node 3 on its directory while the others keep taking pushes; time until it
     # is ready and serves the same bytes as node 1.

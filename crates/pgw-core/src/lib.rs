@@ -8,7 +8,8 @@
 //! - the replicated commands ([`command`]) and the group store with its deterministic
 //!   [`store::GroupStore::apply`] and the incremental consistency check ([`store`]);
 //! - rendering: text 0.0.4 with Go's float formatting, delimited protobuf and the `/api/v1`
-//!   JSON ([`render`], [`float`]).
+//!   JSON ([`render`], [`float`]), with the render cache that lets a scrape re-render only
+//!   the groups' families that changed since the previous scrape.
 //!
 //! Contract: `apply` is a pure function of the store and the command. It reads no clock, no
 //! randomness and iterates only ordered maps, so the same command sequence yields the same

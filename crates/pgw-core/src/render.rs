@@ -32,6 +32,21 @@
 //! `le="+Inf"` bucket holding the sample count unless a `+Inf` bucket exists; counts use the
 //! `_float` field when it is non-zero; floats via [`crate::float::write_text`].
 //!
+//! # Caching (`/metrics`)
+//!
+//! A scrape renders only what changed since the previous one. Each family name keeps its
+//! merged rendering in the store (`GroupStore::rendered`), dropped by any write touching
+//! the name. Behind it, each group's family keeps its own sorted rendering (a *run*, in its
+//! [`StoredFamily`], dropped when a write replaces that family) with the sort keys of its
+//! first and last sample. When the runs of a name's holders do not interleave in the merged
+//! order (the usual case: the grouping labels, different in every group, sort before the
+//! other labels) the merged family is its header and the runs one after the other, kept only
+//! once, in the runs; so after a push to one of 10k groups only that group's run is rendered
+//! again. Otherwise the name is rendered by the plain merge (decode every holder, sort all
+//! samples). Text runs of counters, gauges and untyped families read the stored protobuf in
+//! place (the `view` module); summaries and histograms are decoded with prost. Whichever way,
+//! the bytes are those of the plain merge (a property test checks it).
+//!
 //! # `/api/v1/metrics`
 //!
 //! As upstream's `api/v1/api.go` (`json.Marshal` of maps and structs): see
@@ -44,6 +59,7 @@ use prost::Message;
 use crate::float::{go_sprint, write_go, write_text, write_u64};
 use crate::pb::{Histogram, LabelPair, Metric, MetricFamily, Summary};
 use crate::store::{Group, GroupStore, RenderSlot, StoredFamily};
+use crate::view::{FamilyView, MetricView};
 
 const COUNTER: i32 = 0;
 const GAUGE: i32 = 1;
@@ -227,7 +243,7 @@ fn build_run(sf: &StoredFamily, name: &str, slot: RenderSlot) -> Run {
     build_run_decoded(sf, name, slot)
 }
 
-/// [`build_run`] for text, reading the stored encoding in place ([`crate::view`]): no
+/// [`build_run`] for text, reading the stored encoding in place (the `view` module): no
 /// allocation per sample. `None` for summaries and histograms (and bytes the view cannot
 /// read), which are decoded instead.
 fn build_text_run_in_place(sf: &StoredFamily, name: &str) -> Option<Run> {
@@ -246,32 +262,7 @@ fn build_text_run_in_place(sf: &StoredFamily, name: &str) -> Option<Run> {
     let label_bytes: usize = view.labels.iter().map(|(n, v)| n.len() + v.len() + 4).sum();
     let mut payload = Vec::with_capacity(ms.len() * (name_b.len() + 24) + label_bytes);
     for m in &order {
-        payload.extend_from_slice(name_b);
-        let labels = view.labels_of(m);
-        if !labels.is_empty() {
-            payload.push(b'{');
-            for (i, (n, v)) in labels.iter().enumerate() {
-                if i > 0 {
-                    payload.push(b',');
-                }
-                payload.extend_from_slice(n.as_bytes());
-                payload.extend_from_slice(b"=\"");
-                escape_label_value(&mut payload, v);
-                payload.push(b'"');
-            }
-            payload.push(b'}');
-        }
-        payload.push(b' ');
-        // As `scalar_value`: the field of the family's type, then gauge, counter, untyped.
-        let own = match ty {
-            COUNTER => m.counter,
-            GAUGE => m.gauge,
-            UNTYPED => m.untyped,
-            _ => None,
-        };
-        let value = own.or(m.gauge).or(m.counter).or(m.untyped).unwrap_or(0.0);
-        write_text(&mut payload, value);
-        payload.push(b'\n');
+        write_view_sample(&mut payload, name_b, ty, &view, m);
     }
     let key = |m: &crate::view::MetricView| {
         RunKey::new(view.labels_of(m).iter().copied(), m.timestamp_ms)
@@ -285,6 +276,45 @@ fn build_text_run_in_place(sf: &StoredFamily, name: &str) -> Option<Run> {
         help: view.help.filter(|h| !h.is_empty()).map(Into::into),
         ty,
     })
+}
+
+/// The text line of a counter, gauge or untyped sample read in place, rendered as
+/// [`write_sample_text`] renders it decoded.
+fn write_view_sample(
+    out: &mut Vec<u8>,
+    name: &[u8],
+    ty: i32,
+    view: &FamilyView<'_>,
+    m: &MetricView,
+) {
+    out.extend_from_slice(name);
+    let labels = view.labels_of(m);
+    if !labels.is_empty() {
+        out.push(b'{');
+        for (i, (n, v)) in labels.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            out.extend_from_slice(n.as_bytes());
+            out.extend_from_slice(b"=\"");
+            escape_label_value(out, v);
+            out.push(b'"');
+        }
+        out.push(b'}');
+    }
+    out.push(b' ');
+    // As `scalar_value`: the field of the family's type, then gauge, counter, untyped.
+    let own = match ty {
+        COUNTER => m.counter,
+        GAUGE => m.gauge,
+        UNTYPED => m.untyped,
+        _ => None,
+    };
+    write_text(
+        out,
+        own.or(m.gauge).or(m.counter).or(m.untyped).unwrap_or(0.0),
+    );
+    out.push(b'\n');
 }
 
 /// [`build_run`] by decoding the family with prost.
@@ -318,7 +348,7 @@ fn build_run_decoded(sf: &StoredFamily, name: &str, slot: RenderSlot) -> Run {
             run.payload = payload.into();
             let metric_at = |k: Option<&SortKey>| {
                 k.and_then(|k| sorter.entries.get(k.seq as usize))
-                    .map(|e| e.metric)
+                    .map(|e| e.item)
             };
             if let (Some(first), Some(last)) = (
                 metric_at(sorter.order.first()),
@@ -419,13 +449,59 @@ fn plan_family(store: &GroupStore, name: &str, slot: RenderSlot) -> Rendered {
     }
 }
 
-/// Family `name` rendered by decoding every holder's family and sorting all samples.
+/// Family `name` rendered by reading every holder's family and sorting all samples.
 fn plain_merge(store: &GroupStore, name: &str, slot: RenderSlot) -> Rendered {
+    if slot == RenderSlot::Text
+        && let Some(bytes) = merge_text_in_place(store, name)
+    {
+        return Rendered::Bytes(bytes.into());
+    }
     let fams = holder_families(store, name);
     let parts: Vec<Part<'_>> = parts_of(name, &fams).collect();
     let mut buf = Vec::new();
     write_parts(&parts, slot, &mut Sorter::default(), &mut buf);
     Rendered::Bytes(buf.into())
+}
+
+/// [`plain_merge`] for text, reading the stored families in place. `None` when a holder's
+/// family is a summary or histogram (or unreadable in place): those are decoded.
+fn merge_text_in_place(store: &GroupStore, name: &str) -> Option<Vec<u8>> {
+    let views: Vec<FamilyView<'_>> = store
+        .holders(name)
+        .map(|(_, sf)| crate::view::read_family(sf.encoded()))
+        .collect::<Option<_>>()?;
+    let tys: Vec<i32> = views.iter().map(|v| v.ty.unwrap_or(COUNTER)).collect();
+    if tys
+        .iter()
+        .any(|t| matches!(*t, SUMMARY | HISTOGRAM | GAUGE_HISTOGRAM))
+    {
+        return None;
+    }
+    let mut sorter: Sorter<ViewSample<'_>> = Sorter::default();
+    for (view, &ty) in views.iter().zip(&tys) {
+        for m in &view.metrics {
+            let pstart = sorter.payload.len();
+            write_view_sample(&mut sorter.payload, name.as_bytes(), ty, view, m);
+            let pend = sorter.payload.len();
+            sorter.push(ViewSample { view, m }, pstart, pend);
+        }
+    }
+    let mut out = Vec::new();
+    if sorter.is_empty() {
+        return Some(out);
+    }
+    sorter.sort();
+    let merged = Merged {
+        name,
+        help: views.iter().find_map(|v| v.help.filter(|h| !h.is_empty())),
+        ty: tys.first().copied().unwrap_or(UNTYPED),
+    };
+    out.reserve(sorter.payload.len() + 256);
+    write_family_header(&mut out, &merged);
+    for p in sorter.payloads() {
+        out.extend_from_slice(p);
+    }
+    Some(out)
 }
 
 /// The families named `name` of every group holding one, decoded, in grouping-key order.
@@ -446,7 +522,7 @@ fn parts_of<'a>(name: &'a str, fams: &'a [MetricFamily]) -> impl Iterator<Item =
 fn write_parts<'a>(
     parts: &[Part<'a>],
     slot: RenderSlot,
-    sorter: &mut Sorter<'a>,
+    sorter: &mut Sorter<&'a Metric>,
     out: &mut Vec<u8>,
 ) {
     let mut scratch = Vec::new();
@@ -489,14 +565,14 @@ fn render_sample(
 }
 
 /// One sample of a merged family.
-struct Entry<'a> {
+struct Entry<T> {
     /// The encoded label values: `keys[start..end]` of the [`Sorter`].
     start: usize,
     end: usize,
     /// The rendered sample: `payload[pstart..pend]` of the [`Sorter`].
     pstart: usize,
     pend: usize,
-    metric: &'a Metric,
+    item: T,
 }
 
 /// What the sort moves around: small, with the common comparisons inline.
@@ -519,23 +595,81 @@ struct SortKey {
 /// `00 FF`, terminated by `00 01`), with the first 16 bytes inlined in the sort key. In the
 /// same sequential pass each sample is rendered into `payload`, so that writing the output in
 /// sorted order copies contiguous bytes instead of chasing pointers again.
-#[derive(Default)]
-struct Sorter<'a> {
+struct Sorter<T> {
     keys: Vec<u8>,
     payload: Vec<u8>,
-    entries: Vec<Entry<'a>>,
+    entries: Vec<Entry<T>>,
     order: Vec<SortKey>,
 }
 
-impl<'a> Sorter<'a> {
+impl<T> Default for Sorter<T> {
+    fn default() -> Self {
+        Sorter {
+            keys: Vec::new(),
+            payload: Vec::new(),
+            entries: Vec::new(),
+            order: Vec::new(),
+        }
+    }
+}
+
+/// A sample as the [`Sorter`] sees it: a decoded metric, or one read in place.
+trait Sample: Copy {
+    /// Number of label pairs.
+    fn label_count(self) -> usize;
+    /// Appends the label values, each encoded with [`encode_ordered`].
+    fn encode_values(self, out: &mut Vec<u8>);
+    /// The whole order: [`cmp_metrics`].
+    fn cmp_full(self, other: Self) -> Ordering;
+}
+
+impl Sample for &Metric {
+    fn label_count(self) -> usize {
+        self.label.len()
+    }
+    fn encode_values(self, out: &mut Vec<u8>) {
+        for lp in &self.label {
+            encode_ordered(out, lp.value().as_bytes());
+        }
+    }
+    fn cmp_full(self, other: Self) -> Ordering {
+        cmp_metrics(self, other)
+    }
+}
+
+/// A metric read in place, with the family view holding its labels.
+#[derive(Clone, Copy)]
+struct ViewSample<'a> {
+    view: &'a FamilyView<'a>,
+    m: &'a MetricView,
+}
+
+impl Sample for ViewSample<'_> {
+    fn label_count(self) -> usize {
+        self.view.labels_of(self.m).len()
+    }
+    fn encode_values(self, out: &mut Vec<u8>) {
+        for (_, v) in self.view.labels_of(self.m) {
+            encode_ordered(out, v.as_bytes());
+        }
+    }
+    fn cmp_full(self, other: Self) -> Ordering {
+        crate::view::cmp_samples(
+            (self.view.labels_of(self.m), self.m.timestamp_ms),
+            (other.view.labels_of(other.m), other.m.timestamp_ms),
+        )
+    }
+}
+
+impl<T: Sample> Sorter<T> {
     /// Adds a sample without a sort key (see [`Sorter::build_keys`]).
-    fn push_unkeyed(&mut self, metric: &'a Metric, pstart: usize, pend: usize) {
+    fn push_unkeyed(&mut self, item: T, pstart: usize, pend: usize) {
         self.entries.push(Entry {
             start: 0,
             end: 0,
             pstart,
             pend,
-            metric,
+            item,
         });
     }
 
@@ -544,7 +678,7 @@ impl<'a> Sorter<'a> {
         self.keys.clear();
         self.order.clear();
         for i in 0..self.entries.len() {
-            let (start, key) = self.encode_key(self.entries[i].metric, i);
+            let (start, key) = self.encode_key(self.entries[i].item, i);
             self.entries[i].start = start;
             self.entries[i].end = self.keys.len();
             self.order.push(key);
@@ -563,25 +697,23 @@ impl<'a> Sorter<'a> {
     }
 
     /// Adds a sample with its sort key.
-    fn push(&mut self, metric: &'a Metric, pstart: usize, pend: usize) {
-        let (start, key) = self.encode_key(metric, self.entries.len());
+    fn push(&mut self, item: T, pstart: usize, pend: usize) {
+        let (start, key) = self.encode_key(item, self.entries.len());
         self.order.push(key);
         self.entries.push(Entry {
             start,
             end: self.keys.len(),
             pstart,
             pend,
-            metric,
+            item,
         });
     }
 
-    /// Appends the encoded label values of `metric` to `keys`; returns where they start and
+    /// Appends the encoded label values of `item` to `keys`; returns where they start and
     /// the sort key for entry `seq`.
-    fn encode_key(&mut self, metric: &Metric, seq: usize) -> (usize, SortKey) {
+    fn encode_key(&mut self, item: T, seq: usize) -> (usize, SortKey) {
         let start = self.keys.len();
-        for lp in &metric.label {
-            encode_ordered(&mut self.keys, lp.value().as_bytes());
-        }
+        item.encode_values(&mut self.keys);
         let end = self.keys.len();
         let mut p = [0u8; 16];
         let n = (end - start).min(16);
@@ -592,7 +724,7 @@ impl<'a> Sorter<'a> {
                 u64::from_be_bytes(p0.try_into().unwrap_or_default()),
                 u64::from_be_bytes(p1.try_into().unwrap_or_default()),
             ],
-            nl: u32::try_from(metric.label.len()).unwrap_or(u32::MAX),
+            nl: u32::try_from(item.label_count()).unwrap_or(u32::MAX),
             seq: u32::try_from(seq).unwrap_or(u32::MAX),
         };
         (start, key)
@@ -614,7 +746,7 @@ impl<'a> Sorter<'a> {
                         (Some(x), Some(y)) => {
                             let kx = keys.get(x.start..x.end).unwrap_or_default();
                             let ky = keys.get(y.start..y.end).unwrap_or_default();
-                            kx.cmp(ky).then_with(|| cmp_metrics(x.metric, y.metric))
+                            kx.cmp(ky).then_with(|| x.item.cmp_full(y.item))
                         }
                         _ => Ordering::Equal,
                     }
@@ -656,9 +788,9 @@ impl<'a> Sorter<'a> {
 /// and the sorter holding its samples in sorted order.
 fn for_each_merged<'a>(
     parts: &[Part<'a>],
-    sorter: &mut Sorter<'a>,
+    sorter: &mut Sorter<&'a Metric>,
     mut render: impl FnMut(&mut Vec<u8>, &str, i32, &Metric),
-    mut f: impl FnMut(&Merged<'a>, &Sorter<'a>),
+    mut f: impl FnMut(&Merged<'a>, &Sorter<&'a Metric>),
 ) {
     let mut start = 0;
     while start < parts.len() {
@@ -2427,8 +2559,14 @@ push_time_seconds{instance=\"\",job=\"j\"} 1.7952741025850446e+09
                 m
             })
             .collect();
+        // No HELP, an empty one, then two different ones.
         let help = format!("help {}", gi % 2);
-        fam("m", Some(help.as_str()).filter(|_| gi > 0), ty, metrics)
+        let help = match gi {
+            0 => None,
+            1 => Some(""),
+            _ => Some(help.as_str()),
+        };
+        fam("m", help, ty, metrics)
     }
 
     proptest! {

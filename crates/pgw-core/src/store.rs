@@ -208,7 +208,7 @@ pub struct GroupStore {
     generation: u64,
 }
 
-/// Number of renderings [`GroupStore::rendered`] computed (cache misses).
+/// Number of renderings `GroupStore::rendered` computed (cache misses).
 static RENDERED_BYTES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// Source of [`GroupStore::generation`] values, unique within the process.
@@ -299,7 +299,7 @@ impl GroupStore {
         }))
     }
 
-    /// How many family renderings [`GroupStore::rendered`] computed in this process so far
+    /// How many family renderings `GroupStore::rendered` computed in this process so far
     /// (cache misses). A caller can tell from two readings whether a rendering did any work.
     pub fn render_cache_misses() -> u64 {
         RENDERED_BYTES.load(std::sync::atomic::Ordering::Relaxed)
@@ -906,11 +906,11 @@ struct IndexEntry {
     series: SeriesMap,
     /// The family rendered across all its holders, by [`RenderSlot`], filled by the first
     /// scrape after the family last changed and dropped by every change (see
-    /// [`GroupStore::rendered`]).
+    /// `GroupStore::rendered`).
     rendered: [OnceLock<Rendered>; 2],
 }
 
-/// Which rendering of a family [`GroupStore::rendered`] caches.
+/// Which rendering of a family `GroupStore::rendered` caches.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RenderSlot {
     /// Text format 0.0.4.

@@ -204,33 +204,44 @@ impl FamilyView<'_> {
         self.labels.get(m.labels.clone()).unwrap_or_default()
     }
 
-    /// client_golang's `MetricSorter` order, then label names pairwise: the order of
-    /// `render::cmp_metrics` on the decoded metrics.
+    /// The order of two of its metrics: [`cmp_samples`].
     pub fn cmp(&self, a: &MetricView, b: &MetricView) -> Ordering {
-        let (la, lb) = (self.labels_of(a), self.labels_of(b));
-        la.len()
-            .cmp(&lb.len())
-            .then_with(|| {
-                la.iter()
-                    .zip(lb)
-                    .map(|(x, y)| x.1.cmp(y.1))
-                    .find(|o| o.is_ne())
-                    .unwrap_or(Ordering::Equal)
-            })
-            .then_with(|| match (a.timestamp_ms, b.timestamp_ms) {
-                (None, None) => Ordering::Equal,
-                (None, Some(_)) => Ordering::Greater,
-                (Some(_), None) => Ordering::Less,
-                (Some(x), Some(y)) => x.cmp(&y),
-            })
-            .then_with(|| {
-                la.iter()
-                    .zip(lb)
-                    .map(|(x, y)| x.0.cmp(y.0))
-                    .find(|o| o.is_ne())
-                    .unwrap_or(Ordering::Equal)
-            })
+        cmp_samples(
+            (self.labels_of(a), a.timestamp_ms),
+            (self.labels_of(b), b.timestamp_ms),
+        )
     }
+}
+
+/// client_golang's `MetricSorter` order of two samples given by their label pairs and
+/// timestamps, then label names pairwise: the order of `render::cmp_metrics` on decoded
+/// metrics.
+pub(crate) fn cmp_samples(
+    (la, ta): (&[(&str, &str)], Option<i64>),
+    (lb, tb): (&[(&str, &str)], Option<i64>),
+) -> Ordering {
+    la.len()
+        .cmp(&lb.len())
+        .then_with(|| {
+            la.iter()
+                .zip(lb)
+                .map(|(x, y)| x.1.cmp(y.1))
+                .find(|o| o.is_ne())
+                .unwrap_or(Ordering::Equal)
+        })
+        .then_with(|| match (ta, tb) {
+            (None, None) => Ordering::Equal,
+            (None, Some(_)) => Ordering::Greater,
+            (Some(_), None) => Ordering::Less,
+            (Some(x), Some(y)) => x.cmp(&y),
+        })
+        .then_with(|| {
+            la.iter()
+                .zip(lb)
+                .map(|(x, y)| x.0.cmp(y.0))
+                .find(|o| o.is_ne())
+                .unwrap_or(Ordering::Equal)
+        })
 }
 
 #[cfg(test)]
