@@ -70,7 +70,8 @@ pub fn rfc3339(secs: f64) -> String {
 }
 
 /// Days since 1970-01-01 to (year, month, day) in the proleptic Gregorian calendar
-/// (Howard Hinnant's algorithm).
+/// (Howard Hinnant's algorithm). The same as `pgw_core::civil`, copied because pgwctl does
+/// not link the data model (its dependency tree stays small).
 fn civil_from_days(z: i64) -> (i64, u32, u32) {
     let z = z + 719_468;
     let era = z.div_euclid(146_097);

@@ -19,6 +19,7 @@
 //! openraft, sled, tonic or axum.
 
 pub mod body;
+pub mod civil;
 pub mod command;
 pub mod delimited;
 pub mod float;

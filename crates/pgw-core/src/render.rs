@@ -1446,7 +1446,7 @@ pub fn write_rfc3339_nano(out: &mut Vec<u8>, time_ns: i64) {
     let nanos = time_ns.rem_euclid(1_000_000_000) as u32;
     let days = secs.div_euclid(86_400);
     let sod = secs.rem_euclid(86_400) as u32;
-    let (y, m, d) = civil_from_days(days);
+    let (y, m, d) = crate::civil::civil_from_days(days);
     // The i64 nanosecond range spans the years 1677..=2262: always four digits.
     push_2(out, (y / 100) as u32);
     push_2(out, (y % 100) as u32);
@@ -1477,21 +1477,6 @@ pub fn write_rfc3339_nano(out: &mut Vec<u8>, time_ns: i64) {
 fn push_2(out: &mut Vec<u8>, v: u32) {
     out.push(b'0' + (v / 10 % 10) as u8);
     out.push(b'0' + (v % 10) as u8);
-}
-
-/// Proleptic Gregorian (year, month, day) of a day count since 1970-01-01 (Howard Hinnant's
-/// `civil_from_days`).
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d)
 }
 
 #[cfg(test)]
@@ -2191,7 +2176,7 @@ push_time_seconds{instance=\"\",job=\"j\"} 1.7952741025850446e+09
         // Every day boundary agrees with a naive day-by-day walk.
         let (mut y, mut m, mut d) = (1970i64, 1u32, 1u32);
         for day in 0..200_000i64 {
-            assert_eq!(civil_from_days(day), (y, m, d));
+            assert_eq!(crate::civil::civil_from_days(day), (y, m, d));
             let leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
             let dim = [
                 31,
