@@ -222,26 +222,24 @@ pub(crate) fn cmp_samples(
 ) -> Ordering {
     la.len()
         .cmp(&lb.len())
-        .then_with(|| {
-            la.iter()
-                .zip(lb)
-                .map(|(x, y)| x.1.cmp(y.1))
-                .find(|o| o.is_ne())
-                .unwrap_or(Ordering::Equal)
-        })
+        .then_with(|| pairwise(la, lb, false))
         .then_with(|| match (ta, tb) {
             (None, None) => Ordering::Equal,
             (None, Some(_)) => Ordering::Greater,
             (Some(_), None) => Ordering::Less,
             (Some(x), Some(y)) => x.cmp(&y),
         })
-        .then_with(|| {
-            la.iter()
-                .zip(lb)
-                .map(|(x, y)| x.0.cmp(y.0))
-                .find(|o| o.is_ne())
-                .unwrap_or(Ordering::Equal)
-        })
+        .then_with(|| pairwise(la, lb, true))
+}
+
+/// The first difference between the label values (or, with `names`, the label names) of
+/// `la` and `lb`, pair by pair.
+fn pairwise(la: &[(&str, &str)], lb: &[(&str, &str)], names: bool) -> Ordering {
+    la.iter()
+        .zip(lb)
+        .map(|(x, y)| if names { x.0.cmp(y.0) } else { x.1.cmp(y.1) })
+        .find(|o| o.is_ne())
+        .unwrap_or(Ordering::Equal)
 }
 
 #[cfg(test)]
