@@ -43,9 +43,11 @@
 //! other labels) the merged family is its header and the runs one after the other, kept only
 //! once, in the runs; so after a push to one of 10k groups only that group's run is rendered
 //! again. Otherwise the name is rendered by the plain merge (decode every holder, sort all
-//! samples). Text runs of counters, gauges and untyped families read the stored protobuf in
-//! place (the `view` module); summaries and histograms are decoded with prost. Whichever way,
-//! the bytes are those of the plain merge (a property test checks it).
+//! samples). Both read the stored protobuf in place (the `view` module: no allocation per
+//! sample): protobuf output copies each stored metric message, text output of counters,
+//! gauges and untyped families is written from the values read; text of summaries and
+//! histograms is rendered from families decoded with prost. Whichever way, the bytes are
+//! those of the plain merge of decoded families (a property test checks it).
 //!
 //! # `/api/v1/metrics`
 //!
@@ -235,21 +237,43 @@ fn encode_ordered(out: &mut Vec<u8>, v: &[u8]) {
 
 /// Renders `sf` (family `name` of one group) on its own, in the format of `slot`.
 fn build_run(sf: &StoredFamily, name: &str, slot: RenderSlot) -> Run {
-    if slot == RenderSlot::Text
-        && let Some(run) = build_text_run_in_place(sf, name)
-    {
-        return run;
-    }
-    build_run_decoded(sf, name, slot)
+    build_run_in_place(sf, name, slot).unwrap_or_else(|| build_run_decoded(sf, name, slot))
 }
 
-/// [`build_run`] for text, reading the stored encoding in place (the `view` module): no
-/// allocation per sample. `None` for summaries and histograms (and bytes the view cannot
-/// read), which are decoded instead.
-fn build_text_run_in_place(sf: &StoredFamily, name: &str) -> Option<Run> {
+/// Whether samples of a family of type `ty` can be rendered in `slot` from the stored
+/// encoding read in place: protobuf always (the stored metric bytes are copied), text for
+/// counters, gauges and untyped (summaries and histograms are decoded).
+fn in_place(slot: RenderSlot, ty: i32) -> bool {
+    slot == RenderSlot::Protobuf || !matches!(ty, SUMMARY | HISTOGRAM | GAUGE_HISTOGRAM)
+}
+
+/// One sample read in place, in the format of `slot` (see [`in_place`]).
+fn write_view_sample_as(
+    slot: RenderSlot,
+    out: &mut Vec<u8>,
+    name: &[u8],
+    ty: i32,
+    view: &FamilyView<'_>,
+    m: &MetricView,
+) {
+    match slot {
+        RenderSlot::Text => write_view_sample(out, name, ty, view, m),
+        RenderSlot::Protobuf => {
+            // Field 4 (metric), length-delimited: the stored message as it is.
+            let raw = view.raw_of(m);
+            out.push(0x22);
+            write_varint(out, raw.len() as u64);
+            out.extend_from_slice(raw);
+        }
+    }
+}
+
+/// [`build_run`] reading the stored encoding in place (the `view` module): no allocation
+/// per sample. `None` when [`in_place`] says no (or the view cannot read the bytes).
+fn build_run_in_place(sf: &StoredFamily, name: &str, slot: RenderSlot) -> Option<Run> {
     let view = crate::view::read_family(sf.encoded())?;
     let ty = view.ty.unwrap_or(COUNTER);
-    if matches!(ty, SUMMARY | HISTOGRAM | GAUGE_HISTOGRAM) {
+    if !in_place(slot, ty) {
         return None;
     }
     let ms = &view.metrics;
@@ -262,7 +286,7 @@ fn build_text_run_in_place(sf: &StoredFamily, name: &str) -> Option<Run> {
     let label_bytes: usize = view.labels.iter().map(|(n, v)| n.len() + v.len() + 4).sum();
     let mut payload = Vec::with_capacity(ms.len() * (name_b.len() + 24) + label_bytes);
     for m in &order {
-        write_view_sample(&mut payload, name_b, ty, &view, m);
+        write_view_sample_as(slot, &mut payload, name_b, ty, &view, m);
     }
     let key = |m: &crate::view::MetricView| {
         RunKey::new(view.labels_of(m).iter().copied(), m.timestamp_ms)
@@ -451,9 +475,7 @@ fn plan_family(store: &GroupStore, name: &str, slot: RenderSlot) -> Rendered {
 
 /// Family `name` rendered by reading every holder's family and sorting all samples.
 fn plain_merge(store: &GroupStore, name: &str, slot: RenderSlot) -> Rendered {
-    if slot == RenderSlot::Text
-        && let Some(bytes) = merge_text_in_place(store, name)
-    {
+    if let Some(bytes) = merge_in_place(store, name, slot) {
         return Rendered::Bytes(bytes.into());
     }
     let fams = holder_families(store, name);
@@ -463,25 +485,22 @@ fn plain_merge(store: &GroupStore, name: &str, slot: RenderSlot) -> Rendered {
     Rendered::Bytes(buf.into())
 }
 
-/// [`plain_merge`] for text, reading the stored families in place. `None` when a holder's
-/// family is a summary or histogram (or unreadable in place): those are decoded.
-fn merge_text_in_place(store: &GroupStore, name: &str) -> Option<Vec<u8>> {
+/// [`plain_merge`] reading the stored families in place. `None` when [`in_place`] says no
+/// for a holder's family (or the view cannot read it): then all are decoded.
+fn merge_in_place(store: &GroupStore, name: &str, slot: RenderSlot) -> Option<Vec<u8>> {
     let views: Vec<FamilyView<'_>> = store
         .holders(name)
         .map(|(_, sf)| crate::view::read_family(sf.encoded()))
         .collect::<Option<_>>()?;
     let tys: Vec<i32> = views.iter().map(|v| v.ty.unwrap_or(COUNTER)).collect();
-    if tys
-        .iter()
-        .any(|t| matches!(*t, SUMMARY | HISTOGRAM | GAUGE_HISTOGRAM))
-    {
+    if !tys.iter().all(|&t| in_place(slot, t)) {
         return None;
     }
     let mut sorter: Sorter<ViewSample<'_>> = Sorter::default();
     for (view, &ty) in views.iter().zip(&tys) {
         for m in &view.metrics {
             let pstart = sorter.payload.len();
-            write_view_sample(&mut sorter.payload, name.as_bytes(), ty, view, m);
+            write_view_sample_as(slot, &mut sorter.payload, name.as_bytes(), ty, view, m);
             let pend = sorter.payload.len();
             sorter.push(ViewSample { view, m }, pstart, pend);
         }
@@ -497,7 +516,10 @@ fn merge_text_in_place(store: &GroupStore, name: &str) -> Option<Vec<u8>> {
         ty: tys.first().copied().unwrap_or(UNTYPED),
     };
     out.reserve(sorter.payload.len() + 256);
-    write_family_header(&mut out, &merged);
+    match slot {
+        RenderSlot::Text => write_family_header(&mut out, &merged),
+        RenderSlot::Protobuf => write_family_proto_header(&mut out, &merged, sorter.payload.len()),
+    }
     for p in sorter.payloads() {
         out.extend_from_slice(p);
     }

@@ -1,7 +1,8 @@
 //! Reading a stored family's protobuf encoding in place, without decoding it into owned
 //! `MetricFamily` structs: the fast path of rendering a changed family (no allocation per
-//! series or label). It reads what the text rendering of counter, gauge and untyped samples
-//! needs (HELP, type, label pairs, the three scalar values, timestamps) with prost's decoding
+//! series or label). It reads what sorting needs and the text rendering of counter, gauge and
+//! untyped samples (HELP, type, label pairs, the three scalar values, timestamps), and where
+//! each metric's message lies (protobuf output copies it as it is), with prost's decoding
 //! semantics: a repeated field appends, a later scalar replaces an earlier one, a repeated
 //! sub-message merges, unknown fields are skipped. Anything it cannot read (malformed bytes,
 //! invalid UTF-8) yields `None`; the caller then decodes with prost.
@@ -19,6 +20,8 @@ pub(crate) struct FamilyView<'a> {
     pub metrics: Vec<MetricView>,
     /// The label pairs of all metrics; each metric holds its range.
     pub labels: Vec<(&'a str, &'a str)>,
+    /// The encoding read; each metric holds the range of its own message.
+    bytes: &'a [u8],
 }
 
 /// One metric of a [`FamilyView`].
@@ -31,6 +34,8 @@ pub(crate) struct MetricView {
     pub counter: Option<f64>,
     pub untyped: Option<f64>,
     pub timestamp_ms: Option<i64>,
+    /// Its encoded `Metric` message: `bytes[raw]` of the family view.
+    raw: Range<usize>,
 }
 
 const VARINT: u64 = 0;
@@ -132,6 +137,7 @@ pub(crate) fn read_family(bytes: &[u8]) -> Option<FamilyView<'_>> {
         ty: None,
         metrics: Vec::new(),
         labels: Vec::new(),
+        bytes,
     };
     Reader { buf: bytes }.fields(|field, wire, r| match (field, wire) {
         (2, LEN) => {
@@ -144,7 +150,11 @@ pub(crate) fn read_family(bytes: &[u8]) -> Option<FamilyView<'_>> {
             Some(())
         }
         (4, LEN) => {
-            let m = read_metric(r.bytes()?, &mut view.labels)?;
+            let metric = r.bytes()?;
+            let mut m = read_metric(metric, &mut view.labels)?;
+            // Where the sub-slice starts within `bytes`.
+            let start = (metric.as_ptr() as usize).checked_sub(bytes.as_ptr() as usize)?;
+            m.raw = start..start + metric.len();
             view.metrics.push(m);
             Some(())
         }
@@ -164,6 +174,7 @@ fn read_metric<'a>(bytes: &'a [u8], labels: &mut Vec<(&'a str, &'a str)>) -> Opt
         counter: None,
         untyped: None,
         timestamp_ms: None,
+        raw: 0..0,
     };
     Reader { buf: bytes }.fields(|field, wire, r| {
         match (field, wire) {
@@ -199,6 +210,12 @@ fn read_metric<'a>(bytes: &'a [u8], labels: &mut Vec<(&'a str, &'a str)>) -> Opt
 }
 
 impl FamilyView<'_> {
+    /// The encoded `Metric` message of `m`, as stored: what prost encodes the decoded
+    /// metric to, since the stored bytes are prost's encoding of it.
+    pub fn raw_of(&self, m: &MetricView) -> &[u8] {
+        self.bytes.get(m.raw.clone()).unwrap_or_default()
+    }
+
     /// The label pairs of `m`.
     pub fn labels_of(&self, m: &MetricView) -> &[(&str, &str)] {
         self.labels.get(m.labels.clone()).unwrap_or_default()
@@ -298,6 +315,7 @@ mod tests {
                 prop_assert_eq!(bits(mv.counter), bits(m.counter.as_ref().map(|c| c.value())));
                 prop_assert_eq!(bits(mv.untyped), bits(m.untyped.as_ref().map(|u| u.value())));
                 prop_assert_eq!(mv.timestamp_ms, m.timestamp_ms);
+                prop_assert_eq!(v.raw_of(mv), &m.encode_to_vec()[..]);
             }
         }
 
