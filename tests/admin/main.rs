@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use support::{Kind, Proc, free_port, get, request, wait_for};
+use support::{Kind, Proc, free_port, get, put, request, same_metrics, wait_for};
 use tempfile::TempDir;
 
 const TIMEOUT: Duration = Duration::from_secs(60);
@@ -294,42 +294,6 @@ fn voter_ids(status: &serde_json::Value) -> BTreeSet<u64> {
         .collect()
 }
 
-/// Waits until the nodes serve the same `/metrics` body and returns it.
-async fn converged(addrs: &[SocketAddr]) -> String {
-    wait_for("byte-identical /metrics on every node", TIMEOUT, || {
-        let addrs = addrs.to_vec();
-        async move {
-            let mut bodies = Vec::new();
-            for a in &addrs {
-                let r = get(*a, "/metrics", Duration::from_secs(10)).await?;
-                if r.status != 200 {
-                    return Err(format!("{a}: status {}", r.status));
-                }
-                bodies.push(r.body);
-            }
-            if bodies.windows(2).all(|w| w[0] == w[1]) {
-                Ok(String::from_utf8_lossy(&bodies[0]).into_owned())
-            } else {
-                Err("bodies differ".into())
-            }
-        }
-    })
-    .await
-}
-
-async fn put(addr: SocketAddr, path: &str, body: &str) -> Result<u16, String> {
-    request(
-        addr,
-        "PUT",
-        path,
-        &[],
-        body.as_bytes(),
-        Duration::from_secs(20),
-    )
-    .await
-    .map(|r| r.status)
-}
-
 /// Pushes `load_seq` groups (one per sequence number) round-robin through `targets` until
 /// stopped; records the sequence numbers answered 200.
 struct Load {
@@ -484,7 +448,7 @@ fn grow_to_five_and_shrink_back_to_three_under_load() {
         assert!(!removed.contains(&leader_of(&status)));
 
         let addrs = c.http(&survivors);
-        let body = converged(&addrs).await;
+        let body = same_metrics(&addrs, TIMEOUT).await;
         let missing: Vec<u64> = acked
             .iter()
             .copied()
@@ -614,7 +578,7 @@ fn replace_a_killed_node_and_refuse_an_unsafe_removal() {
         // It never builds a snapshot itself (snapshot-every is huge): it installed the leader's.
         assert!(new["snapshot_index"].as_u64().unwrap_or(0) > 0, "{new}");
         let ids: Vec<u64> = members.into_iter().collect();
-        let body = converged(&c.http(&ids)).await;
+        let body = same_metrics(&c.http(&ids), TIMEOUT).await;
         assert_eq!(body.matches("fill{").count(), 50, "{body}");
 
         // Lose the majority: no quorum, a leader backup is impossible, a local one works.
@@ -726,7 +690,7 @@ fn backup_restore_http_commands_and_exit_codes() {
             .await
             .ok();
         assert_eq!(restored.json()["groups"], 40);
-        let want = converged(&http).await;
+        let want = same_metrics(&http, TIMEOUT).await;
         let got = get(fresh.addr, "/metrics", Duration::from_secs(10))
             .await
             .expect("scrape fresh");

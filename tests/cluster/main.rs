@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use support::{Proc, get, request, wait_for};
+use support::{Proc, get, put as push, request, same_metrics, wait_for};
 use tempfile::TempDir;
 
 const TIMEOUT: Duration = Duration::from_secs(60);
@@ -84,38 +84,7 @@ async fn converged_body(c: &mut Cluster) -> String {
         .iter_mut()
         .filter_map(|n| n.is_running().then_some(n.addr))
         .collect();
-    wait_for("byte-identical /metrics on every node", TIMEOUT, || {
-        let addrs = addrs.clone();
-        async move {
-            let mut bodies = Vec::new();
-            for a in &addrs {
-                let r = get(*a, "/metrics", Duration::from_secs(5)).await?;
-                if r.status != 200 {
-                    return Err(format!("{a}: status {}", r.status));
-                }
-                bodies.push(r.body);
-            }
-            if bodies.windows(2).all(|w| w[0] == w[1]) {
-                Ok(String::from_utf8_lossy(&bodies[0]).into_owned())
-            } else {
-                Err("bodies differ".into())
-            }
-        }
-    })
-    .await
-}
-
-async fn push(addr: SocketAddr, path: &str, body: &str) -> Result<u16, String> {
-    request(
-        addr,
-        "PUT",
-        path,
-        &[],
-        body.as_bytes(),
-        Duration::from_secs(15),
-    )
-    .await
-    .map(|r| r.status)
+    same_metrics(&addrs, TIMEOUT).await
 }
 
 /// Pushes through every node land everywhere; the telemetry bodies are byte-identical.

@@ -635,6 +635,44 @@ fn family_of_line(line: &str) -> String {
     line[..end].to_string()
 }
 
+/// Waits (up to `timeout`) until every node of `addrs` serves the same `/metrics` body, and
+/// returns it: the replicas converged.
+pub async fn same_metrics(addrs: &[SocketAddr], timeout: Duration) -> String {
+    wait_for("byte-identical /metrics on every node", timeout, || {
+        let addrs = addrs.to_vec();
+        async move {
+            let mut bodies = Vec::new();
+            for a in &addrs {
+                let r = get(*a, "/metrics", Duration::from_secs(10)).await?;
+                if r.status != 200 {
+                    return Err(format!("{a}: status {}", r.status));
+                }
+                bodies.push(r.body);
+            }
+            if bodies.windows(2).all(|w| w[0] == w[1]) {
+                Ok(String::from_utf8_lossy(&bodies[0]).into_owned())
+            } else {
+                Err("bodies differ".into())
+            }
+        }
+    })
+    .await
+}
+
+/// PUTs the text `body` to `path`; returns the status.
+pub async fn put(addr: SocketAddr, path: &str, body: &str) -> Result<u16, String> {
+    request(
+        addr,
+        "PUT",
+        path,
+        &[],
+        body.as_bytes(),
+        Duration::from_secs(20),
+    )
+    .await
+    .map(|r| r.status)
+}
+
 /// Groups exposition lines by family (HELP/TYPE start a family; samples whose name is the
 /// family name or the family name plus `_bucket`/`_sum`/`_count` belong to it).
 pub fn families(text: &str) -> Vec<(String, Vec<String>)> {
