@@ -17,25 +17,14 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use support::{Kind, Proc, free_port, get, put, request, same_metrics, wait_for};
+use support::{
+    Kind, Proc, free_port, get, put, request, run_serial as run, same_metrics, wait_for,
+};
 use tempfile::TempDir;
 
 const TIMEOUT: Duration = Duration::from_secs(60);
 /// Bound of one pgwctl run.
 const CTL_TIMEOUT: Duration = Duration::from_secs(120);
-
-/// Tests start several processes each; under `cargo test` (threads) run them one at a time.
-static SERIAL: Mutex<()> = Mutex::new(());
-
-fn run(test: impl std::future::Future<Output = ()>) {
-    let _guard = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(4)
-        .enable_all()
-        .build()
-        .expect("tokio runtime")
-        .block_on(test);
-}
 
 /// `target/<profile>/pgwctl`, next to `pgw`.
 fn pgwctl_binary() -> PathBuf {

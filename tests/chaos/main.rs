@@ -23,7 +23,6 @@ mod support;
 mod harness;
 
 use std::process::Stdio;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use harness::{
@@ -33,10 +32,6 @@ use harness::{
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-/// Scenarios start several processes each: one at a time (nextest runs them in the serial
-/// group; this guards `cargo test` too).
-static SERIAL: Mutex<()> = Mutex::new(());
-
 /// Bound of one scenario: 280 s in the CI form, longer with `CHAOS_DURATION`.
 fn scenario_timeout() -> Duration {
     match std::env::var("CHAOS_DURATION") {
@@ -45,35 +40,38 @@ fn scenario_timeout() -> Duration {
     }
 }
 
+/// One scenario at a time (nextest runs them in the serial group; this guards `cargo test`
+/// too), bounded by [`scenario_timeout`].
 fn run(test: impl std::future::Future<Output = ()>) {
-    let _guard = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(4)
-        .enable_all()
-        .build()
-        .expect("tokio runtime")
-        .block_on(async {
-            let limit = scenario_timeout();
-            if tokio::time::timeout(limit, test).await.is_err() {
-                panic!("scenario did not finish within {limit:?}");
-            }
-        });
+    support::run_serial(async {
+        let limit = scenario_timeout();
+        if tokio::time::timeout(limit, test).await.is_err() {
+            panic!("scenario did not finish within {limit:?}");
+        }
+    });
 }
 
 const CLIENTS: u64 = 9;
 const GROUPS: u64 = 12;
+
+/// The start of every scenario: its seed (see `chaos_seed`), a cluster started with `opts`,
+/// and the client load through every node, once 50 of its writes were acknowledged.
+async fn begin(seed_name: &str, opts: Opts) -> (Instant, u64, Cluster, Load) {
+    let started = Instant::now();
+    let seed = chaos_seed(seed_name);
+    let c = Cluster::start(opts).await;
+    let load = Load::start(c.targets.clone(), CLIENTS, GROUPS, seed);
+    load.wait_acks(50).await;
+    (started, seed, c, load)
+}
 
 /// `kill -9` of the leader, then of a random node, repeatedly, each restarted on its
 /// directory while clients push through every node (dead ones included: refused).
 #[test]
 fn kill9_leader_and_followers() {
     run(async {
-        let started = Instant::now();
-        let seed = chaos_seed("kill9");
+        let (started, seed, mut c, mut load) = begin("kill9", Opts::default()).await;
         let mut rng = StdRng::seed_from_u64(seed);
-        let mut c = Cluster::start(Opts::default()).await;
-        let mut load = Load::start(c.targets.clone(), CLIENTS, GROUPS, seed);
-        load.wait_acks(50).await;
         let until = Instant::now() + chaos_duration(12);
         let mut worst = Duration::ZERO;
         let mut cycle = 0;
@@ -123,13 +121,9 @@ fn kill9_leader_and_followers() {
 #[test]
 fn kill9_random_rapid() {
     run(async {
-        let started = Instant::now();
-        let seed = chaos_seed("kill9-rapid");
+        let (started, seed, mut c, mut load) = begin("kill9-rapid", Opts::default()).await;
         let mut rng = StdRng::seed_from_u64(seed);
-        let mut c = Cluster::start(Opts::default()).await;
         c.targets_all();
-        let mut load = Load::start(c.targets.clone(), CLIENTS, GROUPS, seed);
-        load.wait_acks(50).await;
         let until = Instant::now() + chaos_duration(10);
         let mut kills = 0;
         let mut t = 0;
@@ -158,11 +152,7 @@ fn kill9_random_rapid() {
 #[test]
 fn sigstop_leader() {
     run(async {
-        let started = Instant::now();
-        let seed = chaos_seed("sigstop");
-        let mut c = Cluster::start(Opts::default()).await;
-        let mut load = Load::start(c.targets.clone(), CLIENTS, GROUPS, seed);
-        load.wait_acks(50).await;
+        let (started, _, mut c, mut load) = begin("sigstop", Opts::default()).await;
         let until = Instant::now() + chaos_duration(8);
         let mut worst = Duration::ZERO;
         let mut cycle = 0;
@@ -226,15 +216,14 @@ fn sigstop_leader() {
 #[test]
 fn partition_leader() {
     run(async {
-        let started = Instant::now();
-        let seed = chaos_seed("partition");
-        let mut c = Cluster::start(Opts {
-            proxied: true,
-            ..Opts::default()
-        })
+        let (started, _, mut c, mut load) = begin(
+            "partition",
+            Opts {
+                proxied: true,
+                ..Opts::default()
+            },
+        )
         .await;
-        let mut load = Load::start(c.targets.clone(), CLIENTS, GROUPS, seed);
-        load.wait_acks(50).await;
         let cut_for = chaos_duration(6);
         let until = Instant::now() + cut_for;
         let mut worst = Duration::ZERO;
@@ -298,11 +287,7 @@ fn partition_leader() {
 #[test]
 fn rolling_restart_sigterm() {
     run(async {
-        let started = Instant::now();
-        let seed = chaos_seed("rolling");
-        let mut c = Cluster::start(Opts::default()).await;
-        let mut load = Load::start(c.targets.clone(), CLIENTS, GROUPS, seed);
-        load.wait_acks(50).await;
+        let (started, _, mut c, mut load) = begin("rolling", Opts::default()).await;
         let until = Instant::now() + chaos_duration(10);
         let mut worst = Duration::ZERO;
         let mut round = 0;
@@ -340,11 +325,7 @@ fn rolling_restart_sigterm() {
 #[test]
 fn membership_change_under_load() {
     run(async {
-        let started = Instant::now();
-        let seed = chaos_seed("membership");
-        let mut c = Cluster::start(Opts::default()).await;
-        let mut load = Load::start(c.targets.clone(), CLIENTS, GROUPS, seed);
-        load.wait_acks(50).await;
+        let (started, _, mut c, mut load) = begin("membership", Opts::default()).await;
         let until = Instant::now() + chaos_duration(10);
         let mut next_id = 4;
         let mut cycle = 0;
@@ -405,11 +386,7 @@ fn membership_change_under_load() {
 #[test]
 fn full_stop_and_restart() {
     run(async {
-        let started = Instant::now();
-        let seed = chaos_seed("full-restart");
-        let mut c = Cluster::start(Opts::default()).await;
-        let mut load = Load::start(c.targets.clone(), CLIENTS, GROUPS, seed);
-        load.wait_acks(50).await;
+        let (started, _, mut c, mut load) = begin("full-restart", Opts::default()).await;
         let until = Instant::now() + chaos_duration(10);
         let mut worst = Duration::ZERO;
         let mut cycle = 0;
@@ -516,12 +493,13 @@ fn failpoints_append_apply_forward() {
         return;
     };
     run(async {
-        let started = Instant::now();
-        let seed = chaos_seed("failpoints");
-        let mut c = Cluster::start(Opts {
-            binary,
-            ..Opts::default()
-        })
+        let (started, _, mut c, mut load) = begin(
+            "failpoints",
+            Opts {
+                binary,
+                ..Opts::default()
+            },
+        )
         .await;
         assert!(
             c.node(1)
@@ -529,8 +507,6 @@ fn failpoints_append_apply_forward() {
                 .contains("this build has fail points"),
             "the fail-point binary does not report fail points"
         );
-        let mut load = Load::start(c.targets.clone(), CLIENTS, GROUPS, seed);
-        load.wait_acks(50).await;
         let until = Instant::now() + chaos_duration(5);
         let mut cycle = 0;
         while cycle < 1 || (Instant::now() < until && cycle < 20) {
@@ -621,16 +597,15 @@ fn failpoints_snapshot() {
         return;
     };
     run(async {
-        let started = Instant::now();
-        let seed = chaos_seed("failpoints-snapshot");
-        let mut c = Cluster::start(Opts {
-            binary,
-            snapshot_every: 50,
-            ..Opts::default()
-        })
+        let (started, _, mut c, mut load) = begin(
+            "failpoints-snapshot",
+            Opts {
+                binary,
+                snapshot_every: 50,
+                ..Opts::default()
+            },
+        )
         .await;
-        let mut load = Load::start(c.targets.clone(), CLIENTS, GROUPS, seed);
-        load.wait_acks(50).await;
         let leader = c.leader().await;
         let followers: Vec<u64> = (1..=3).filter(|i| *i != leader).collect();
         // Build: the next snapshot of the follower crashes it half-way.

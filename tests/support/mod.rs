@@ -635,6 +635,19 @@ fn family_of_line(line: &str) -> String {
     line[..end].to_string()
 }
 
+/// Runs `test` on a fresh 4-thread runtime, one such test at a time per test binary: each
+/// starts several processes, and `cargo test` runs tests on parallel threads.
+pub fn run_serial(test: impl std::future::Future<Output = ()>) {
+    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _guard = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(4)
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+        .block_on(test);
+}
+
 /// Waits (up to `timeout`) until every node of `addrs` serves the same `/metrics` body, and
 /// returns it: the replicas converged.
 pub async fn same_metrics(addrs: &[SocketAddr], timeout: Duration) -> String {
