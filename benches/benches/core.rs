@@ -136,7 +136,7 @@ fn push_path(c: &mut Criterion) {
     let body = text_body("bench_push", 10);
     g.bench_function("parse_and_encode_command_10_series", |b| {
         b.iter(|| {
-            let families = pgw_core::text::parse(&body).unwrap_or_default();
+            let families = pgw_core::text::parse(&body).expect("benchmark body parses");
             let cmd = Command::Push(Push::new(
                 key(7),
                 true,

@@ -23,7 +23,7 @@ pub fn key(g: usize) -> GroupingKey {
 
 /// A checked PUT of `body` (text format) to group `g`.
 pub fn put(g: usize, body: &[u8], time_ns: i64) -> Command {
-    let families = pgw_core::text::parse(body).unwrap_or_default();
+    let families = pgw_core::text::parse(body).expect("benchmark body parses");
     Command::Push(Push::new(key(g), true, time_ns, true, &families))
 }
 
@@ -59,7 +59,7 @@ pub fn load_push(g: usize, series: usize, time_ns: i64) -> Command {
     for j in 0..series {
         body.push_str(&format!("pgw_load_gauge{{series=\"{j}\"}} {}.25\n", j + g));
     }
-    let families = pgw_core::text::parse(body.as_bytes()).unwrap_or_default();
+    let families = pgw_core::text::parse(body.as_bytes()).expect("benchmark body parses");
     let key = GroupingKey::from_pairs([("job", "load".to_string()), ("instance", format!("g{g}"))]);
     Command::Push(Push::new(key, true, time_ns, true, &families))
 }

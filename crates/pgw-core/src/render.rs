@@ -55,6 +55,7 @@
 //! [`api_metrics_json`].
 
 use std::cmp::Ordering;
+use std::sync::Arc;
 
 use prost::Message;
 
@@ -116,20 +117,10 @@ fn render_all(store: &GroupStore, extra: &[MetricFamily], slot: RenderSlot, out:
         if parts.is_empty() {
             match store.rendered(name, slot, || plan_family(store, name, slot)) {
                 Some(Rendered::Bytes(bytes)) => out.extend_from_slice(bytes),
-                Some(Rendered::Runs { header, order }) => {
+                Some(Rendered::Runs { header, runs }) => {
                     out.extend_from_slice(header);
-                    let holders: Vec<&StoredFamily> =
-                        store.holders(name).map(|(_, sf)| sf).collect();
-                    for &i in order.iter() {
-                        let Some(sf) = holders.get(i as usize) else {
-                            continue;
-                        };
-                        match sf.run(slot) {
-                            Some(run) => out.extend_from_slice(&run.payload),
-                            // A plan is made only after caching the run of every holder;
-                            // rendering it again gives the same bytes.
-                            None => out.extend_from_slice(&build_run(sf, name, slot).payload),
-                        }
+                    for run in runs.iter() {
+                        out.extend_from_slice(&run.payload);
                     }
                 }
                 None => {}
@@ -148,13 +139,12 @@ fn render_all(store: &GroupStore, extra: &[MetricFamily], slot: RenderSlot, out:
 pub(crate) enum Rendered {
     /// The whole rendering.
     Bytes(Box<[u8]>),
-    /// The family's header, then the cached [`Run`] of each holder (by position in
-    /// grouping-key order) in `order`: the holders' samples do not interleave in the sort
-    /// order, so the merged family is their runs one after the other. Only the runs are kept
-    /// in memory, once.
+    /// The family's header, then the holders' [`Run`]s in merged order: the holders'
+    /// samples do not interleave in the sort order, so the merged family is their runs one
+    /// after the other. The runs are shared with the holders' caches, kept in memory once.
     Runs {
         header: Box<[u8]>,
-        order: Box<[u32]>,
+        runs: Box<[Arc<Run>]>,
     },
 }
 
@@ -247,6 +237,12 @@ fn in_place(slot: RenderSlot, ty: i32) -> bool {
     slot == RenderSlot::Protobuf || !matches!(ty, SUMMARY | HISTOGRAM | GAUGE_HISTOGRAM)
 }
 
+/// [`in_place`] by the stored family's known type, before reading it: `false` only when it
+/// surely is not.
+fn maybe_in_place(slot: RenderSlot, sf: &StoredFamily) -> bool {
+    sf.known_type().is_none_or(|t| in_place(slot, t as i32))
+}
+
 /// One sample read in place, in the format of `slot` (see [`in_place`]).
 fn write_view_sample_as(
     slot: RenderSlot,
@@ -262,7 +258,7 @@ fn write_view_sample_as(
             // Field 4 (metric), length-delimited: the stored message as it is.
             let raw = view.raw_of(m);
             out.push(0x22);
-            write_varint(out, raw.len() as u64);
+            prost::encoding::encode_varint(raw.len() as u64, out);
             out.extend_from_slice(raw);
         }
     }
@@ -271,6 +267,9 @@ fn write_view_sample_as(
 /// [`build_run`] reading the stored encoding in place (the `view` module): no allocation
 /// per sample. `None` when [`in_place`] says no (or the view cannot read the bytes).
 fn build_run_in_place(sf: &StoredFamily, name: &str, slot: RenderSlot) -> Option<Run> {
+    if !maybe_in_place(slot, sf) {
+        return None;
+    }
     let view = crate::view::read_family(sf.encoded())?;
     let ty = view.ty.unwrap_or(COUNTER);
     if !in_place(slot, ty) {
@@ -327,17 +326,7 @@ fn write_view_sample(
         out.push(b'}');
     }
     out.push(b' ');
-    // As `scalar_value`: the field of the family's type, then gauge, counter, untyped.
-    let own = match ty {
-        COUNTER => m.counter,
-        GAUGE => m.gauge,
-        UNTYPED => m.untyped,
-        _ => None,
-    };
-    write_text(
-        out,
-        own.or(m.gauge).or(m.counter).or(m.untyped).unwrap_or(0.0),
-    );
+    write_text(out, pick_scalar(ty, m.gauge, m.counter, m.untyped));
     out.push(b'\n');
 }
 
@@ -390,86 +379,62 @@ fn build_run_decoded(sf: &StoredFamily, name: &str, slot: RenderSlot) -> Run {
 /// order (caching the runs), otherwise the whole merged rendering.
 fn plan_family(store: &GroupStore, name: &str, slot: RenderSlot) -> Rendered {
     let holders: Vec<&StoredFamily> = store.holders(name).map(|(_, sf)| sf).collect();
-    // Runs rendered now are cached only if the plan uses them. Two holders in a row whose
-    // samples interleave (or tie) end the attempt early: the plain merge it is then.
-    let mut fresh: Vec<Option<Run>> = Vec::with_capacity(holders.len());
-    let mut prev: Option<(RunKey, RunKey)> = None;
+    // Each holder's run, and whether it was rendered now: those are cached only if the plan
+    // uses them. Two holders in a row whose samples interleave (or tie) end the attempt
+    // early: the plain merge it is then.
+    let mut runs: Vec<(Arc<Run>, bool)> = Vec::with_capacity(holders.len());
+    let mut prev: Option<usize> = None;
     for sf in &holders {
-        let built = match sf.run(slot) {
-            Some(_) => None,
-            None => Some(build_run(sf, name, slot)),
+        let (run, fresh) = match sf.run(slot) {
+            Some(run) => (run.clone(), false),
+            None => (Arc::new(build_run(sf, name, slot)), true),
         };
-        let bounds = built
-            .as_ref()
-            .or_else(|| sf.run(slot))
-            .and_then(|r| r.bounds.as_deref());
-        if let Some((first, last)) = bounds {
-            if let Some((pf, pl)) = &prev
+        if let Some((first, last)) = run.bounds.as_deref() {
+            if let Some((pf, pl)) = prev.and_then(|p| runs[p].0.bounds.as_deref())
                 && !(pl < first || last < pf)
             {
                 return plain_merge(store, name, slot);
             }
-            prev = Some((first.clone(), last.clone()));
+            prev = Some(runs.len());
         }
-        fresh.push(built);
+        runs.push((run, fresh));
     }
-    let runs: Vec<&Run> = holders
+    // The runs with samples, by (first sample, holder position).
+    let mut keyed: Vec<(usize, &(RunKey, RunKey))> = runs
         .iter()
-        .zip(&fresh)
-        .filter_map(|(sf, fresh)| fresh.as_ref().or_else(|| sf.run(slot)))
+        .enumerate()
+        .filter_map(|(i, (run, _))| Some((i, run.bounds.as_deref()?)))
         .collect();
-    let bounds = |i: u32| runs.get(i as usize).and_then(|r| r.bounds.as_deref());
-    let mut order: Vec<u32> = (0..runs.len())
-        .filter_map(|i| u32::try_from(i).ok())
-        .filter(|&i| bounds(i).is_some())
-        .collect();
-    if order.is_empty() {
+    if keyed.is_empty() {
         // No samples at all: the family is left out.
         return Rendered::Bytes(Box::default());
     }
-    order.sort_by(|&a, &b| match (bounds(a), bounds(b)) {
-        (Some(x), Some(y)) => x.0.cmp(&y.0).then(a.cmp(&b)),
-        _ => a.cmp(&b),
+    keyed.sort_by(|(i, x), (j, y)| x.0.cmp(&y.0).then(i.cmp(j)));
+    let disjoint = keyed.windows(2).all(|w| match w[0].1.1.cmp(&w[1].1.0) {
+        Ordering::Less => true,
+        Ordering::Equal => w[0].0 < w[1].0,
+        Ordering::Greater => false,
     });
-    let disjoint = runs.len() == holders.len()
-        && order
-            .windows(2)
-            .all(|w| match (bounds(w[0]), bounds(w[1])) {
-                (Some(x), Some(y)) => match x.1.cmp(&y.0) {
-                    Ordering::Less => true,
-                    Ordering::Equal => w[0] < w[1],
-                    Ordering::Greater => false,
-                },
-                _ => false,
-            });
     if !disjoint {
         return plain_merge(store, name, slot);
     }
     let merged = Merged {
         name,
-        help: runs.iter().find_map(|r| r.help.as_deref()),
-        ty: runs.first().map_or(UNTYPED, |r| r.ty),
+        help: runs.iter().find_map(|(r, _)| r.help.as_deref()),
+        ty: runs.first().map_or(UNTYPED, |(r, _)| r.ty),
     };
+    let ordered: Box<[Arc<Run>]> = keyed.iter().map(|&(i, _)| runs[i].0.clone()).collect();
     let mut header = Vec::new();
-    match slot {
-        RenderSlot::Text => write_family_header(&mut header, &merged),
-        RenderSlot::Protobuf => {
-            let payload_len = order
-                .iter()
-                .filter_map(|&i| runs.get(i as usize))
-                .map(|r| r.payload.len())
-                .sum();
-            write_family_proto_header(&mut header, &merged, payload_len);
-        }
-    }
-    for (sf, run) in holders.iter().zip(fresh) {
-        if let Some(run) = run {
+    let payload_len = ordered.iter().map(|r| r.payload.len()).sum();
+    write_header(slot, &mut header, &merged, payload_len);
+    for (sf, (run, fresh)) in holders.iter().zip(runs) {
+        if fresh {
             sf.set_run(slot, run);
         }
     }
     Rendered::Runs {
         header: header.into(),
-        order: order.into(),
+        runs: ordered,
     }
 }
 
@@ -488,6 +453,9 @@ fn plain_merge(store: &GroupStore, name: &str, slot: RenderSlot) -> Rendered {
 /// [`plain_merge`] reading the stored families in place. `None` when [`in_place`] says no
 /// for a holder's family (or the view cannot read it): then all are decoded.
 fn merge_in_place(store: &GroupStore, name: &str, slot: RenderSlot) -> Option<Vec<u8>> {
+    if !store.holders(name).all(|(_, sf)| maybe_in_place(slot, sf)) {
+        return None;
+    }
     let views: Vec<FamilyView<'_>> = store
         .holders(name)
         .map(|(_, sf)| crate::view::read_family(sf.encoded()))
@@ -516,10 +484,7 @@ fn merge_in_place(store: &GroupStore, name: &str, slot: RenderSlot) -> Option<Ve
         ty: tys.first().copied().unwrap_or(UNTYPED),
     };
     out.reserve(sorter.payload.len() + 256);
-    match slot {
-        RenderSlot::Text => write_family_header(&mut out, &merged),
-        RenderSlot::Protobuf => write_family_proto_header(&mut out, &merged, sorter.payload.len()),
-    }
+    write_header(slot, &mut out, &merged, sorter.payload.len());
     for p in sorter.payloads() {
         out.extend_from_slice(p);
     }
@@ -551,18 +516,10 @@ fn write_parts<'a>(
     let render = |buf: &mut Vec<u8>, name: &str, ty: i32, m: &Metric| {
         render_sample(slot, &mut scratch, buf, name, ty, m)
     };
-    for_each_merged(parts, sorter, render, |fam, sorter| match slot {
-        RenderSlot::Text => {
-            write_family_header(out, fam);
-            for p in sorter.payloads() {
-                out.extend_from_slice(p);
-            }
-        }
-        RenderSlot::Protobuf => {
-            write_family_proto_header(out, fam, sorter.payload.len());
-            for p in sorter.payloads() {
-                out.extend_from_slice(p);
-            }
+    for_each_merged(parts, sorter, render, |fam, sorter| {
+        write_header(slot, out, fam, sorter.payload.len());
+        for p in sorter.payloads() {
+            out.extend_from_slice(p);
         }
     });
 }
@@ -968,16 +925,24 @@ fn write_sample_text(out: &mut Vec<u8>, scratch: &mut Vec<u8>, name: &[u8], ty: 
 /// The value of a counter, gauge or untyped sample: the field of `ty` first, then Go's
 /// `getValue` order (gauge, counter, untyped), else 0.
 fn scalar_value(m: &Metric, ty: i32) -> f64 {
+    pick_scalar(
+        ty,
+        m.gauge.as_ref().map(|g| g.value()),
+        m.counter.as_ref().map(|c| c.value()),
+        m.untyped.as_ref().map(|u| u.value()),
+    )
+}
+
+/// [`scalar_value`] from the values of the gauge, counter and untyped fields (`None` when the
+/// field is absent).
+fn pick_scalar(ty: i32, gauge: Option<f64>, counter: Option<f64>, untyped: Option<f64>) -> f64 {
     let own = match ty {
-        COUNTER => m.counter.as_ref().map(|c| c.value()),
-        GAUGE => m.gauge.as_ref().map(|g| g.value()),
-        UNTYPED => m.untyped.as_ref().map(|u| u.value()),
+        COUNTER => counter,
+        GAUGE => gauge,
+        UNTYPED => untyped,
         _ => None,
     };
-    own.or_else(|| m.gauge.as_ref().map(|g| g.value()))
-        .or_else(|| m.counter.as_ref().map(|c| c.value()))
-        .or_else(|| m.untyped.as_ref().map(|u| u.value()))
-        .unwrap_or(0.0)
+    own.or(gauge).or(counter).or(untyped).unwrap_or(0.0)
 }
 
 /// `n1="v1",n2="v2"` (no braces).
@@ -1131,6 +1096,16 @@ pub fn protobuf(store: &GroupStore, extra: &[MetricFamily], out: &mut Vec<u8>) {
     render_all(store, extra, RenderSlot::Protobuf, out);
 }
 
+/// The header of merged family `fam` in the format of `slot`, followed by `payload_len`
+/// bytes of rendered samples: its `# HELP`/`# TYPE` lines, or the start of its protobuf
+/// message.
+fn write_header(slot: RenderSlot, out: &mut Vec<u8>, fam: &Merged<'_>, payload_len: usize) {
+    match slot {
+        RenderSlot::Text => write_family_header(out, fam),
+        RenderSlot::Protobuf => write_family_proto_header(out, fam, payload_len),
+    }
+}
+
 /// The start of one delimited `MetricFamily` message: its length, name, HELP and type; the
 /// `payload_len` bytes of pre-encoded metrics (field 4) that complete it follow.
 fn write_family_proto_header(out: &mut Vec<u8>, fam: &Merged<'_>, payload_len: usize) {
@@ -1140,36 +1115,23 @@ fn write_family_proto_header(out: &mut Vec<u8>, fam: &Merged<'_>, payload_len: u
     if let Some(h) = fam.help {
         len += 1 + prost::length_delimiter_len(h.len()) + h.len();
     }
-    len += 1 + varint_len(ty);
+    len += 1 + prost::encoding::encoded_len_varint(ty);
     len += payload_len;
 
-    write_varint(out, len as u64);
+    prost::encoding::encode_varint(len as u64, out);
     // Field 1 (name), length-delimited.
     out.push(0x0A);
-    write_varint(out, name.len() as u64);
+    prost::encoding::encode_varint(name.len() as u64, out);
     out.extend_from_slice(name);
     if let Some(h) = fam.help {
         // Field 2 (help).
         out.push(0x12);
-        write_varint(out, h.len() as u64);
+        prost::encoding::encode_varint(h.len() as u64, out);
         out.extend_from_slice(h.as_bytes());
     }
     // Field 3 (type), varint; negative enum values sign-extend as in protobuf.
     out.push(0x18);
-    write_varint(out, ty);
-}
-
-fn varint_len(v: u64) -> usize {
-    let bits = 64 - (v | 1).leading_zeros() as usize;
-    bits.div_ceil(7)
-}
-
-fn write_varint(out: &mut Vec<u8>, mut v: u64) {
-    while v >= 0x80 {
-        out.push((v as u8) | 0x80);
-        v >>= 7;
-    }
-    out.push(v as u8);
+    prost::encoding::encode_varint(ty, out);
 }
 
 /// Renders the `/api/v1/metrics` body, appending to `out`:

@@ -9,7 +9,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::hash::{BuildHasherDefault, Hasher};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use crate::command::{Command, CommandResponse, Payload, Push};
 use crate::key::GroupingKey;
@@ -49,7 +49,7 @@ pub struct StoredFamily {
     ty: Option<MetricType>,
     /// This family rendered on its own, by [`RenderSlot`]: derived from `encoded`, filled by
     /// a scrape (see [`crate::render`]), dropped with the family when a write replaces it.
-    runs: [OnceLock<Box<Run>>; 2],
+    runs: [OnceLock<Arc<Run>>; 2],
 }
 
 impl PartialEq for StoredFamily {
@@ -63,9 +63,14 @@ impl StoredFamily {
     /// Stores `family` (sanitised), written at `time_ns`.
     pub fn new(time_ns: i64, family: &MetricFamily) -> Self {
         use prost::Message;
+        Self::with_encoded(time_ns, family, family.encode_to_vec().into())
+    }
+
+    /// Stores `family`, whose protobuf encoding is `encoded`.
+    fn with_encoded(time_ns: i64, family: &MetricFamily, encoded: Box<[u8]>) -> Self {
         StoredFamily {
             time_ns,
-            encoded: family.encode_to_vec().into_boxed_slice(),
+            encoded,
             series: family
                 .metric
                 .iter()
@@ -81,10 +86,8 @@ impl StoredFamily {
         use prost::Message;
         let family =
             MetricFamily::decode(encoded).map_err(|e| RecordError::Malformed(e.to_string()))?;
-        let mut sf = StoredFamily::new(time_ns, &family);
         // Keep the bytes as persisted: they are what this family encodes to.
-        sf.encoded = encoded.into();
-        Ok(sf)
+        Ok(StoredFamily::with_encoded(time_ns, &family, encoded.into()))
     }
 
     /// The family, decoded.
@@ -99,20 +102,20 @@ impl StoredFamily {
         &self.encoded
     }
 
-    /// Number of series (metrics) in the family.
-    pub fn series_count(&self) -> usize {
-        self.series.len()
+    /// The family's type, when it is one of the known ones.
+    pub(crate) fn known_type(&self) -> Option<MetricType> {
+        self.ty
     }
 
     /// This family rendered on its own in the format of `slot`, if a scrape cached it.
-    pub(crate) fn run(&self, slot: RenderSlot) -> Option<&Run> {
-        self.runs[slot as usize].get().map(|r| &**r)
+    pub(crate) fn run(&self, slot: RenderSlot) -> Option<&Arc<Run>> {
+        self.runs[slot as usize].get()
     }
 
     /// Caches `run`, this family rendered on its own in the format of `slot` (a no-op when
     /// one is cached already: both are renderings of the same bytes).
-    pub(crate) fn set_run(&self, slot: RenderSlot, run: Run) {
-        let _ = self.runs[slot as usize].set(Box::new(run));
+    pub(crate) fn set_run(&self, slot: RenderSlot, run: Arc<Run>) {
+        let _ = self.runs[slot as usize].set(run);
     }
 }
 
@@ -139,12 +142,10 @@ impl Group {
         let Some(sf) = self.families.get(name) else {
             return 0;
         };
-        let value = sf
-            .family()
-            .metric
-            .first()
-            .and_then(|m| m.gauge.as_ref())
-            .and_then(|g| g.value)
+        // Read in place: the family is one gauge, and this runs per group for the JSON API
+        // and the web page.
+        let value = crate::view::read_family(sf.encoded())
+            .and_then(|v| v.metrics.first().and_then(|m| m.gauge))
             .unwrap_or(0.0);
         if value == 0.0 { 0 } else { sf.time_ns }
     }
@@ -209,7 +210,7 @@ pub struct GroupStore {
 }
 
 /// Number of renderings `GroupStore::rendered` computed (cache misses).
-static RENDERED_BYTES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+static RENDER_MISSES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// Source of [`GroupStore::generation`] values, unique within the process.
 static GENERATIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
@@ -294,7 +295,7 @@ impl GroupStore {
     ) -> Option<&Rendered> {
         let entry = self.index.families.get(name)?;
         Some(entry.rendered[slot as usize].get_or_init(|| {
-            RENDERED_BYTES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            RENDER_MISSES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             render()
         }))
     }
@@ -302,7 +303,7 @@ impl GroupStore {
     /// How many family renderings `GroupStore::rendered` computed in this process so far
     /// (cache misses). A caller can tell from two readings whether a rendering did any work.
     pub fn render_cache_misses() -> u64 {
-        RENDERED_BYTES.load(std::sync::atomic::Ordering::Relaxed)
+        RENDER_MISSES.load(std::sync::atomic::Ordering::Relaxed)
     }
 }
 
