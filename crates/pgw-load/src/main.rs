@@ -87,10 +87,10 @@ struct Args {
     #[arg(long, value_enum, default_value_t = Method::Put)]
     method: Method,
     /// `job` label of the grouping keys; the instance label is `g<number>`.
-    #[arg(long, default_value = "pgw_load")]
+    #[arg(long, default_value = "pgw_load", value_parser = url_segment)]
     job: String,
     /// Family name of the pushed gauges.
-    #[arg(long, default_value = "pgw_load_gauge")]
+    #[arg(long, default_value = "pgw_load_gauge", value_parser = metric_name)]
     family: String,
     /// Concurrent scrape connections (scrape, mixed).
     #[arg(long, default_value_t = 1)]
@@ -365,6 +365,36 @@ fn push_request(
         .header(http::header::CONTENT_LENGTH, len)
         .body(Full::new(body))
         .unwrap_or_default()
+}
+
+/// A `--job` value: it goes into the URL path as it is, so only characters that need no
+/// escaping. (A request that cannot be built would otherwise be sent as a default `GET /`.)
+fn url_segment(s: &str) -> Result<String, String> {
+    let ok = !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b'~'));
+    if ok {
+        Ok(s.to_string())
+    } else {
+        Err(format!(
+            "{s:?}: use letters, digits and _ - . ~ only (it becomes a URL path segment)"
+        ))
+    }
+}
+
+/// A `--family` value: a Prometheus metric name.
+fn metric_name(s: &str) -> Result<String, String> {
+    let mut bytes = s.bytes();
+    let first_ok = bytes
+        .next()
+        .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_' || b == b':');
+    if first_ok && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b':') {
+        Ok(s.to_string())
+    } else {
+        Err(format!(
+            "{s:?} is not a metric name ([a-zA-Z_:][a-zA-Z0-9_:]*)"
+        ))
+    }
 }
 
 fn scrape_request(target: &Target, path: &str, gzip: bool) -> http::Request<Full<Bytes>> {
@@ -725,6 +755,31 @@ mod tests {
         assert_eq!(t.authority, "localhost:80");
         assert_eq!(t.prefix, "/pgw");
         assert!(Target::parse("https://x").is_err());
+    }
+
+    #[test]
+    fn bad_job_and_family_values_are_refused() {
+        assert!(url_segment("load-1.a_b~").is_ok());
+        for bad in ["", "a/b", "a b", "é", "a?b"] {
+            assert!(url_segment(bad).is_err(), "{bad:?}");
+        }
+        assert!(metric_name("pgw_load:gauge").is_ok());
+        for bad in ["", "1x", "a-b", "a b"] {
+            assert!(metric_name(bad).is_err(), "{bad:?}");
+        }
+        let args = |job: &str| {
+            Args::try_parse_from([
+                "pgw-load",
+                "push",
+                "--url",
+                "http://127.0.0.1:1",
+                "--job",
+                job,
+            ])
+        };
+        assert!(args("ok").is_ok());
+        let err = args("a/b").expect_err("a job with a slash is refused");
+        assert!(err.to_string().contains("URL path segment"), "{err}");
     }
 
     #[test]

@@ -44,7 +44,7 @@ pub use network::{ChannelFactory, Channels};
 pub type PgwRaft = Raft<TypeConfig>;
 
 /// Why a write could not be answered with the command's outcome.
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum WriteError {
     /// No leader could take the write before the deadline (election, lost quorum): the HTTP
     /// layer answers 503 with `Retry-After`.
@@ -225,16 +225,20 @@ async fn watch_metrics(raft: PgwRaft, shared: Arc<NodeShared>) {
         (m.current_leader, m.snapshot)
     };
     while rx.changed().await.is_ok() {
-        let m = rx.borrow().clone();
-        if m.current_leader != leader {
-            leader = m.current_leader;
+        // Only two fields: a full copy per change (every append and apply) is not needed.
+        let (now_leader, now_snapshot) = {
+            let m = rx.borrow();
+            (m.current_leader, m.snapshot)
+        };
+        if now_leader != leader {
+            leader = now_leader;
             shared
                 .counters
                 .leader_changes
                 .fetch_add(1, Ordering::Relaxed);
         }
-        if m.snapshot != snapshot {
-            snapshot = m.snapshot;
+        if now_snapshot != snapshot {
+            snapshot = now_snapshot;
             shared.counters.snapshots.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -627,6 +631,11 @@ impl Node {
         f(&guard)
     }
 
+    /// Whether this node leads now (cheaper than [`Node::status`]).
+    pub fn is_leader(&self) -> bool {
+        self.raft.metrics().borrow().state == ServerState::Leader
+    }
+
     /// Current Raft status of this node.
     pub fn status(&self) -> NodeStatus {
         let m = self.raft.metrics().borrow().clone();
@@ -675,7 +684,7 @@ impl Node {
 
     /// Size of the latest snapshot file, if any.
     pub fn snapshot_size(&self) -> Option<u64> {
-        std::fs::metadata(self.shared.storage_path.join("snapshot.bin"))
+        std::fs::metadata(pgw_store::snapshot_path(&self.shared.storage_path))
             .ok()
             .map(|m| m.len())
     }
@@ -711,7 +720,9 @@ impl Node {
     }
 }
 
-fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+/// Locks `m`, also after a panic elsewhere poisoned it (the data is still consistent for
+/// every use here).
+pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     match m.lock() {
         Ok(g) => g,
         Err(p) => p.into_inner(),

@@ -24,7 +24,7 @@ use pgw_proto::v1::{RaftReply, RaftRequest, SnapshotChunk};
 use pgw_store::{Node, NodeId, TypeConfig};
 use tonic::transport::{Channel, Endpoint};
 
-use crate::codec;
+use crate::{codec, lock};
 
 /// How long openraft waits before retrying an unreachable peer. Short, so a restarted peer
 /// is caught up quickly.
@@ -114,10 +114,7 @@ impl Channels {
     pub fn get(&self, addr: &str) -> Result<Channel, String> {
         let dialed = lock(&self.dial).by_addr.get(addr).cloned();
         let addr = dialed.as_deref().unwrap_or(addr);
-        let mut map = match self.inner.lock() {
-            Ok(m) => m,
-            Err(p) => p.into_inner(),
-        };
+        let mut map = lock(&self.inner);
         if let Some(c) = map.get(addr) {
             return Ok(c.clone());
         }
@@ -137,7 +134,15 @@ impl Channels {
 
     /// Records that `addr` answered a call (its connection works).
     pub fn note_answer(&self, addr: &str) {
-        lock(&self.answered).insert(addr.to_string(), tokio::time::Instant::now());
+        let now = tokio::time::Instant::now();
+        let mut answered = lock(&self.answered);
+        // Every append, heartbeat and forwarded write lands here: allocate the key only once.
+        match answered.get_mut(addr) {
+            Some(t) => *t = now,
+            None => {
+                answered.insert(addr.to_string(), now);
+            }
+        }
     }
 
     /// Records that a call to `addr` got no answer in time. When nothing came back from
@@ -168,13 +173,6 @@ impl Channels {
         Ok(RaftServiceClient::new(self.get(addr)?)
             .max_decoding_message_size(MAX_MESSAGE)
             .max_encoding_message_size(MAX_MESSAGE))
-    }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    match m.lock() {
-        Ok(g) => g,
-        Err(p) => p.into_inner(),
     }
 }
 

@@ -43,9 +43,6 @@ pub fn crash(name: &str) {
     std::process::abort();
 }
 
-/// Whether this build has fail points.
-pub const ENABLED: bool = cfg!(feature = "failpoints");
-
 /// Reads `FAILPOINTS` from the environment (a no-op without the feature). Call once at
 /// process start; returns the configuration it applied, for the log.
 pub fn setup_from_env() -> Option<String> {

@@ -124,6 +124,7 @@ use serde::{Deserialize, Serialize};
 pub use chunk::{CHUNK_SIZE, MAX_VALUE_LEN};
 pub use error::StoreError;
 pub use log_store::LogStore;
+pub use snapshot_file::path as snapshot_path;
 pub use state_machine::{SnapshotBuilder, StateMachineStore};
 
 /// The node id type of the cluster.

@@ -20,6 +20,11 @@ pub(crate) type Meta = SnapshotMeta<NodeId, Node>;
 pub(crate) type Loaded = (Meta, Vec<u8>);
 
 const FILE: &str = "snapshot.bin";
+
+/// The snapshot file of the node whose storage directory is `dir`.
+pub fn path(dir: &Path) -> PathBuf {
+    dir.join(FILE)
+}
 const TMP: &str = "snapshot.bin.tmp";
 
 /// The snapshot file of one storage directory. Writers are serialised and a snapshot never

@@ -58,14 +58,6 @@ fn payload_len(cmd: &Command) -> usize {
     }
 }
 
-fn clone_error(e: &WriteError) -> WriteError {
-    match e {
-        WriteError::Unavailable(d) => WriteError::Unavailable(*d),
-        WriteError::ShuttingDown => WriteError::ShuttingDown,
-        WriteError::Fatal(m) => WriteError::Fatal(m.clone()),
-    }
-}
-
 impl Batcher {
     /// Starts the batching task (on the current Tokio runtime).
     pub(crate) fn new(node: Arc<Node>) -> Batcher {
@@ -116,11 +108,7 @@ async fn run(node: Arc<Node>, mut rx: mpsc::UnboundedReceiver<Job>) {
     loop {
         // Wait for a free slot first: while every slot is busy, requests queue up and go out
         // together. A leader takes every slot for one batch.
-        let want = if node.status().is_leader {
-            MAX_IN_FLIGHT
-        } else {
-            1
-        };
+        let want = if node.is_leader() { MAX_IN_FLIGHT } else { 1 };
         let Ok(permit) = slots.clone().acquire_many_owned(want).await else {
             return;
         };
@@ -171,7 +159,7 @@ async fn write_batch(node: &Node, mut jobs: Vec<Job>) {
         }
         Err(e) => {
             for reply in replies {
-                let _ = reply.send(Err(clone_error(&e)));
+                let _ = reply.send(Err(e.clone()));
             }
         }
     }
