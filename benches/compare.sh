@@ -4,7 +4,7 @@
 # workloads of `pgw-load`. Prints a table of absolute figures (medians over the runs) and
 # ratios to the reference.
 #
-#   benches/compare.sh                 # full comparison, 3 runs of every workload (~10 min)
+#   benches/compare.sh                 # full comparison, 3 runs of every workload (~13 min)
 #   benches/compare.sh --runs 5 --duration 10
 #   benches/compare.sh --quick         # 1 run, short workloads (~2 min)
 #   benches/compare.sh --guard         # CI regression guard: small pushes only, seconds;

@@ -23,6 +23,7 @@ FULL_ROWS = [
     ("push1", "push", "latency_ms.p50", "push 10 series, 1 client, 10k stored: p50", "ms"),
     ("push1", "push", "latency_ms.p99", "push 10 series, 1 client, 10k stored: p99", "ms"),
     ("push32_fresh", "push", "throughput_per_s", "push 10 series, 32 conns, empty store: throughput", "push/s"),
+    ("push32_fresh", "push", "latency_ms.p50", "push 10 series, 32 conns, empty store: p50", "ms"),
     ("push32_fresh", "push", "latency_ms.p99", "push 10 series, 32 conns, empty store: p99", "ms"),
     ("preload10k", "push", "elapsed_s", "preload 10k series (1,000 x 10)", "s"),
     ("preload100k", "push", "elapsed_s", "preload 100k series (50 x 2,000)", "s"),
