@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use support::{
-    Kind, Proc, free_port, get, put, request, run_serial as run, same_metrics, wait_for,
+    Kind, Proc, free_port, get, join_all, put, request, run_serial as run, same_metrics, wait_for,
 };
 use tempfile::TempDir;
 
@@ -158,7 +158,7 @@ impl Cluster {
                 Node { id, grpc, proc }
             }
         });
-        let nodes = join_all(starts).await;
+        let nodes = join_all(starts.map(Box::pin).collect()).await;
         Cluster { root, nodes }
     }
 
@@ -207,36 +207,6 @@ impl Cluster {
     fn http(&mut self, ids: &[u64]) -> Vec<SocketAddr> {
         ids.iter().map(|id| self.node(*id).proc.addr).collect()
     }
-}
-
-async fn join_all<F: std::future::Future>(fs: impl Iterator<Item = F>) -> Vec<F::Output> {
-    let handles: Vec<_> = fs.map(Box::pin).collect();
-    let mut pending: Vec<_> = handles.into_iter().map(Some).collect();
-    let mut results: Vec<Option<F::Output>> = (0..pending.len()).map(|_| None).collect();
-    std::future::poll_fn(|cx| {
-        let mut all = true;
-        for (i, slot) in pending.iter_mut().enumerate() {
-            if let Some(f) = slot {
-                match f.as_mut().poll(cx) {
-                    std::task::Poll::Ready(v) => {
-                        results[i] = Some(v);
-                        *slot = None;
-                    }
-                    std::task::Poll::Pending => all = false,
-                }
-            }
-        }
-        if all {
-            std::task::Poll::Ready(())
-        } else {
-            std::task::Poll::Pending
-        }
-    })
-    .await;
-    results
-        .into_iter()
-        .map(|r| r.expect("every future completed"))
-        .collect()
 }
 
 /// `pgwctl status --output json` until it reports `want` voters, healthy; returns the report.
@@ -490,7 +460,7 @@ fn replace_a_killed_node_and_refuse_an_unsafe_removal() {
                     }
                 }
             });
-            join_all(pushers).await;
+            join_all(pushers.map(Box::pin).collect()).await;
             next.store(round_end, Ordering::Relaxed);
             // Leadership may move under the load: ask who leads now.
             let status = wait_healthy(&eps, 3).await;
