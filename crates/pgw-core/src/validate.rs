@@ -35,6 +35,18 @@ pub const RESERVED: &[ReservedFamily] = &[
         present_at_start: true,
     },
     ReservedFamily {
+        name: "pgw_config_last_reload_success_timestamp_seconds",
+        r#type: MetricType::Gauge,
+        help: "When the reloadable configuration was last loaded successfully (start or SIGHUP).",
+        present_at_start: true,
+    },
+    ReservedFamily {
+        name: "pgw_config_last_reload_successful",
+        r#type: MetricType::Gauge,
+        help: "1 if the last configuration reload (SIGHUP) succeeded, else 0.",
+        present_at_start: true,
+    },
+    ReservedFamily {
         name: "pgw_raft_applied_index",
         r#type: MetricType::Gauge,
         help: "Highest Raft log index applied to this node's store.",
@@ -71,6 +83,19 @@ pub const RESERVED: &[ReservedFamily] = &[
         present_at_start: true,
     },
     ReservedFamily {
+        name: "pgw_raft_quorum_contact_age_seconds",
+        r#type: MetricType::Gauge,
+        help: "On the Raft leader: seconds since a quorum last acknowledged its leadership.",
+        present_at_start: false,
+    },
+    ReservedFamily {
+        name: "pgw_raft_quorum_lost",
+        r#type: MetricType::Gauge,
+        help: "1 if this node leads but no quorum acknowledged it within the quorum timeout \
+               (it cannot commit writes and is not ready), else 0.",
+        present_at_start: true,
+    },
+    ReservedFamily {
         name: "pgw_raft_replication_lag_entries",
         r#type: MetricType::Gauge,
         help: "Entries a member is behind the leader's last log index (reported by the leader only).",
@@ -98,6 +123,12 @@ pub const RESERVED: &[ReservedFamily] = &[
         name: "pgw_raft_term",
         r#type: MetricType::Gauge,
         help: "Current Raft term of this node.",
+        present_at_start: true,
+    },
+    ReservedFamily {
+        name: "pgw_storage_snapshot_write_failures_total",
+        r#type: MetricType::Counter,
+        help: "Failed attempts to write a snapshot file; each is retried with backoff.",
         present_at_start: true,
     },
     ReservedFamily {

@@ -52,13 +52,37 @@ fn bad_request(e: String) -> Status {
 /// The Raft service of one node.
 pub struct RaftGrpc {
     raft: PgwRaft,
+    node: Arc<crate::NodeShared>,
 }
 
 impl RaftGrpc {
     /// Serves `raft`.
-    pub fn new(raft: PgwRaft) -> Self {
-        RaftGrpc { raft }
+    pub(crate) fn new(raft: PgwRaft, node: Arc<crate::NodeShared>) -> Self {
+        RaftGrpc { raft, node }
     }
+}
+
+/// Metadata key set on the UNAVAILABLE answer of a leader that has no contact with a quorum:
+/// the age of its last quorum contact in milliseconds. The forwarding node answers its client
+/// 503 at once instead of retrying until its write timeout.
+pub const NO_QUORUM_METADATA: &str = "x-pgw-no-quorum-ms";
+
+/// The UNAVAILABLE status of a leader cut off from its quorum for `age`.
+fn no_quorum(age: Duration) -> Status {
+    let mut status = Status::unavailable(format!(
+        "this node leads but has had no contact with a quorum for {:.1}s; retry later",
+        age.as_secs_f64()
+    ));
+    if let Ok(v) = age.as_millis().to_string().parse() {
+        status.metadata_mut().insert(NO_QUORUM_METADATA, v);
+    }
+    status
+}
+
+/// The quorum-contact age a leader named in a [`no_quorum`] status, if `s` is one.
+pub(crate) fn no_quorum_age(s: &Status) -> Option<Duration> {
+    let ms = s.metadata().get(NO_QUORUM_METADATA)?.to_str().ok()?;
+    ms.parse().ok().map(Duration::from_millis)
 }
 
 #[tonic::async_trait]
@@ -143,7 +167,14 @@ impl RaftService for RaftGrpc {
                 }));
             }
         }
-        match self.raft.client_write(cmd).await {
+        if let crate::Quorum::Lost(age) = self.node.health.quorum() {
+            return Err(no_quorum(age));
+        }
+        let written = tokio::select! {
+            r = self.raft.client_write(cmd) => r,
+            age = self.node.health.wait_quorum_lost() => return Err(no_quorum(age)),
+        };
+        match written {
             Ok(resp) => {
                 pgw_store::crash_point!("pgw-raft::forward::after-commit");
                 Ok(Response::new(ForwardWriteReply {

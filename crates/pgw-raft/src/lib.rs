@@ -16,6 +16,7 @@
 
 pub mod codec;
 pub mod grpc;
+mod health;
 pub mod network;
 
 use std::collections::BTreeMap;
@@ -38,6 +39,7 @@ use pgw_proto::v1::{AddLearnerRequest, ForwardWriteRequest, Member, StatusReques
 use pgw_store::{NodeId, SharedStore, TypeConfig};
 use tokio::sync::watch;
 
+pub use health::{Health, Quorum};
 pub use network::{ChannelFactory, Channels};
 
 /// The openraft instance of a pgw node.
@@ -50,6 +52,17 @@ pub enum WriteError {
     /// layer answers 503 with `Retry-After`.
     #[error("no Raft leader accepted the write within {0:?}; retry later")]
     Unavailable(Duration),
+    /// The leader (this node, or the one a follower forwarded to) has not heard from a quorum
+    /// for the given time: the write is refused at once (503 with `Retry-After`) instead of
+    /// waiting out the write timeout. A write that was already proposed when the contact was
+    /// lost may still be applied once the quorum returns.
+    #[error(
+        "the Raft leader has no contact with a quorum of the cluster (last contact {:.1}s ago); \
+         the write was not confirmed and, if it was already proposed, may still be applied once \
+         the quorum returns; retry later",
+        .0.as_secs_f64()
+    )]
+    NoQuorum(Duration),
     /// The node is shutting down.
     #[error("the node is shutting down")]
     ShuttingDown,
@@ -159,6 +172,14 @@ pub struct Counters {
     pub snapshots: AtomicU64,
 }
 
+/// Why forwarding a write to the leader failed.
+enum ForwardError {
+    /// The leader answered that it has no contact with a quorum (for this long).
+    NoQuorum(Duration),
+    /// Anything else (transport, timeout, a malformed answer): retried until the deadline.
+    Failed(String),
+}
+
 struct PendingGuard<'a>(&'a AtomicI64);
 
 impl Drop for PendingGuard<'_> {
@@ -190,6 +211,7 @@ pub(crate) struct NodeShared {
     pub(crate) committed: Arc<std::sync::atomic::AtomicU64>,
     pub(crate) counters: Counters,
     pub(crate) storage_path: PathBuf,
+    pub(crate) health: Health,
 }
 
 impl NodeShared {
@@ -212,6 +234,8 @@ pub struct Node {
     channels: Channels,
     write_timeout: Duration,
     grpc_stop: watch::Sender<bool>,
+    /// Counters of the sled store's retried conditions (`None` on other stores).
+    storage_stats: Option<Arc<pgw_store::StorageStats>>,
     grpc_task: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
     bootstrap_task: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
     watcher: tokio::task::JoinHandle<()>,
@@ -224,10 +248,12 @@ async fn watch_metrics(raft: PgwRaft, shared: Arc<NodeShared>) {
         let m = rx.borrow();
         (m.current_leader, m.snapshot)
     };
+    shared.health.observe(shared.id, &rx.borrow());
     while rx.changed().await.is_ok() {
-        // Only two fields: a full copy per change (every append and apply) is not needed.
+        // A few fields: a full copy per change (every append and apply) is not needed.
         let (now_leader, now_snapshot) = {
             let m = rx.borrow();
+            shared.health.observe(shared.id, &m);
             (m.current_leader, m.snapshot)
         };
         if now_leader != leader {
@@ -283,6 +309,7 @@ impl Node {
                 config.storage_path.display()
             )
         })?;
+        let storage_stats = state_machine.stats();
         let parts = NodeParts {
             store: state_machine.shared(),
             committed: log_store.committed_index(),
@@ -292,7 +319,9 @@ impl Node {
             tune_raft: None,
         };
         let incoming = grpc.map(tokio_stream::wrappers::TcpListenerStream::new);
-        Self::start_with(config, parts, incoming).await
+        let mut node = Self::start_with(config, parts, incoming).await?;
+        node.storage_stats = Some(storage_stats);
+        Ok(node)
     }
 
     /// Starts a node on already built parts: any log store and state machine for pgw's
@@ -349,6 +378,11 @@ impl Node {
             tune(&mut raft_config);
         }
         let raft_config = Arc::new(raft_config.validate()?);
+        // About two election timeouts (the longest a healthy leader may go unanswered while
+        // the cluster elects), and never under a second: a loaded machine must not make a
+        // healthy leader look cut off.
+        let quorum_timeout =
+            Duration::from_millis(2 * raft_config.election_timeout_max).max(Duration::from_secs(1));
         let raft = Raft::new(
             config.id,
             raft_config,
@@ -363,13 +397,15 @@ impl Node {
             committed,
             counters: Counters::default(),
             storage_path: config.storage_path.clone(),
+            health: Health::new(quorum_timeout),
         });
         let watcher = tokio::spawn(watch_metrics(raft.clone(), shared.clone()));
         let (grpc_stop, stop_rx) = watch::channel(false);
         let grpc_task = grpc_incoming.map(|incoming| {
-            let raft_svc = RaftServiceServer::new(grpc::RaftGrpc::new(raft.clone()))
-                .max_decoding_message_size(network::MAX_MESSAGE)
-                .max_encoding_message_size(network::MAX_MESSAGE);
+            let raft_svc =
+                RaftServiceServer::new(grpc::RaftGrpc::new(raft.clone(), shared.clone()))
+                    .max_decoding_message_size(network::MAX_MESSAGE)
+                    .max_encoding_message_size(network::MAX_MESSAGE);
             let admin_svc = AdminServiceServer::new(grpc::AdminGrpc::new(
                 raft.clone(),
                 shared.clone(),
@@ -397,6 +433,7 @@ impl Node {
             channels,
             write_timeout: config.write_timeout,
             grpc_stop,
+            storage_stats: None,
             grpc_task: std::sync::Mutex::new(grpc_task),
             bootstrap_task: std::sync::Mutex::new(None),
             watcher,
@@ -424,7 +461,9 @@ impl Node {
                 }
             }
             Bootstrap::Static(peers) => {
-                if !node.raft.is_initialized().await? {
+                if node.raft.is_initialized().await? {
+                    warn_changed_peers(&node.raft, &peers);
+                } else {
                     let task = tokio::spawn(static_bootstrap(
                         node.raft.clone(),
                         node.channels.clone(),
@@ -474,7 +513,18 @@ impl Node {
             if left.is_zero() {
                 return Err(WriteError::Unavailable(self.write_timeout));
             }
-            match tokio::time::timeout(left, self.raft.client_write(cmd.clone())).await {
+            // A leader cut off from its quorum cannot commit: say so at once, and stop waiting
+            // as soon as the contact is lost while the write is under way.
+            if let Quorum::Lost(age) = self.shared.health.quorum() {
+                return Err(WriteError::NoQuorum(age));
+            }
+            let attempt = tokio::select! {
+                r = tokio::time::timeout(left, self.raft.client_write(cmd.clone())) => r,
+                age = self.shared.health.wait_quorum_lost() => {
+                    return Err(WriteError::NoQuorum(age));
+                }
+            };
+            match attempt {
                 Err(_) => return Err(WriteError::Unavailable(self.write_timeout)),
                 Ok(Ok(resp)) => return Ok(resp.data),
                 Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
@@ -503,7 +553,10 @@ impl Node {
                                 return Ok(resp);
                             }
                             Some(Ok(None)) => {}
-                            Some(Err(e)) => {
+                            Some(Err(ForwardError::NoQuorum(age))) => {
+                                return Err(WriteError::NoQuorum(age));
+                            }
+                            Some(Err(ForwardError::Failed(e))) => {
                                 tracing::debug!(error = %e, "forwarding a write failed; retrying")
                             }
                             None => tracing::debug!(
@@ -533,12 +586,15 @@ impl Node {
         addr: &str,
         cmd: &Command,
         left: Duration,
-    ) -> Result<Option<(CommandResponse, u64)>, String> {
+    ) -> Result<Option<(CommandResponse, u64)>, ForwardError> {
         self.shared
             .counters
             .forwarded_writes
             .fetch_add(1, Ordering::Relaxed);
-        let mut client = self.channels.raft_client(addr)?;
+        let mut client = self
+            .channels
+            .raft_client(addr)
+            .map_err(ForwardError::Failed)?;
         let req = ForwardWriteRequest {
             command: cmd.encode().into(),
             // This node follows the leader it forwards to in its current term: the receiver
@@ -548,9 +604,14 @@ impl Node {
         let reply = match tokio::time::timeout(left, client.forward_write(req)).await {
             Err(_) => {
                 self.channels.note_timeout(addr);
-                return Err("forwarded write timed out".into());
+                return Err(ForwardError::Failed("forwarded write timed out".into()));
             }
-            Ok(Err(s)) => return Err(s.to_string()),
+            Ok(Err(s)) => {
+                if let Some(age) = grpc::no_quorum_age(&s) {
+                    return Err(ForwardError::NoQuorum(age));
+                }
+                return Err(ForwardError::Failed(s.to_string()));
+            }
             Ok(Ok(r)) => {
                 self.channels.note_answer(addr);
                 r.into_inner()
@@ -559,7 +620,8 @@ impl Node {
         if reply.not_leader {
             return Ok(None);
         }
-        let resp = CommandResponse::decode(&reply.response).map_err(|e| e.to_string())?;
+        let resp = CommandResponse::decode(&reply.response)
+            .map_err(|e| ForwardError::Failed(e.to_string()))?;
         Ok(Some((resp, reply.log_index)))
     }
 
@@ -577,6 +639,9 @@ impl Node {
     /// waits until this node has applied that index. A read after it sees every write that
     /// was acknowledged before the barrier started, on whichever node it runs.
     pub async fn linearizable_barrier(&self) -> Result<(), WriteError> {
+        if let Quorum::Lost(age) = self.shared.health.quorum() {
+            return Err(WriteError::NoQuorum(age));
+        }
         let deadline = Instant::now() + self.write_timeout;
         let mut backoff = Duration::from_millis(10);
         loop {
@@ -677,6 +742,16 @@ impl Node {
             .collect()
     }
 
+    /// Quorum contact and fatal-stop tracking ([`Health::quorum`], [`Health::fatal`]).
+    pub fn health(&self) -> &Health {
+        &self.shared.health
+    }
+
+    /// Counters of the storage conditions that are retried rather than fatal (sled store only).
+    pub fn storage_stats(&self) -> Option<&pgw_store::StorageStats> {
+        self.storage_stats.as_deref()
+    }
+
     /// Node-local counters (forwarded and pending writes, leader changes, snapshots).
     pub fn counters(&self) -> &Counters {
         &self.shared.counters
@@ -727,6 +802,50 @@ pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
         Ok(g) => g,
         Err(p) => p.into_inner(),
     }
+}
+
+/// On a restart of an initialised node, `--cluster.peers` no longer decides the membership
+/// (the Raft log does): warn when the flag and the stored membership differ, and say how to
+/// change the membership instead.
+fn warn_changed_peers(raft: &PgwRaft, flag: &BTreeMap<NodeId, String>) {
+    let stored: BTreeMap<NodeId, String> = grpc::voter_ids(raft)
+        .into_iter()
+        .map(|(id, n)| (id, n.raft_addr))
+        .collect();
+    let differences = peer_differences(flag, &stored);
+    if differences.is_empty() {
+        return;
+    }
+    tracing::warn!(
+        differences = %differences.join("; "),
+        "--cluster.peers differs from the membership this node stored; the stored membership \
+         stays in force (the flag only seeds a new cluster). Change membership with \
+         `pgwctl member add <id> <host:port>` / `pgwctl member remove <id>` (docs/operations.md), \
+         or make the flag match to silence this warning"
+    );
+}
+
+/// The differences between `--cluster.peers` and the stored voters, one line each.
+fn peer_differences(
+    flag: &BTreeMap<NodeId, String>,
+    stored: &BTreeMap<NodeId, String>,
+) -> Vec<String> {
+    let mut out = Vec::new();
+    for (id, addr) in flag {
+        match stored.get(id) {
+            None => out.push(format!("node {id} ({addr}) is in the flag but not a voter")),
+            Some(s) if s != addr => out.push(format!(
+                "node {id} is {addr} in the flag but {s} in the membership"
+            )),
+            Some(_) => {}
+        }
+    }
+    for (id, addr) in stored {
+        if !flag.contains_key(id) {
+            out.push(format!("voter {id} ({addr}) is missing from the flag"));
+        }
+    }
+    out
 }
 
 async fn initialize(
@@ -882,5 +1001,30 @@ async fn join(raft: PgwRaft, channels: Channels, me: Member, targets: Vec<String
             Err(_) => tracing::warn!(via = %addr, "join attempt timed out; retrying"),
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peer_differences_name_each_change() {
+        let flag = BTreeMap::from([(1, "a:1".to_string()), (2, "b:1".to_string())]);
+        let same = flag.clone();
+        assert!(peer_differences(&flag, &same).is_empty());
+        let stored = BTreeMap::from([(1, "a:1".to_string()), (3, "c:1".to_string())]);
+        assert_eq!(
+            peer_differences(&flag, &stored),
+            vec![
+                "node 2 (b:1) is in the flag but not a voter".to_string(),
+                "voter 3 (c:1) is missing from the flag".to_string(),
+            ]
+        );
+        let moved = BTreeMap::from([(1, "a:2".to_string()), (2, "b:1".to_string())]);
+        assert_eq!(
+            peer_differences(&flag, &moved),
+            vec!["node 1 is a:1 in the flag but a:2 in the membership".to_string()]
+        );
     }
 }

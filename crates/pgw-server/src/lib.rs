@@ -23,6 +23,7 @@ pub mod config;
 mod http;
 pub mod logging;
 pub mod metrics;
+pub mod reload;
 mod timefmt;
 mod ui;
 
@@ -51,6 +52,20 @@ pub async fn run(
     config: Config,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    run_with_reload(config, listener, shutdown, None).await
+}
+
+/// [`run`], reloading what can be reloaded each time `reload` yields (the binary feeds it
+/// SIGHUP; see [`reload`]).
+///
+/// # Errors
+/// As [`run`].
+pub async fn run_with_reload(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    reload: Option<tokio::sync::mpsc::Receiver<()>>,
 ) -> anyhow::Result<()> {
     let settings = config.validate()?;
     for w in &settings.warnings {
@@ -106,7 +121,15 @@ pub async fn run(
         version = env!("CARGO_PKG_VERSION"),
         "listening"
     );
-    serve(settings, node, listener, Arc::new(SystemClock), shutdown).await
+    serve_with_reload(
+        settings,
+        node,
+        listener,
+        Arc::new(SystemClock),
+        shutdown,
+        reload,
+    )
+    .await
 }
 
 /// A wall clock: where the receiving node reads the push time it stamps into a command
@@ -145,28 +168,70 @@ where
     L: axum::serve::Listener,
     L::Addr: std::fmt::Debug,
 {
+    serve_with_reload(settings, node, listener, clock, shutdown, None).await
+}
+
+/// [`serve`], reloading what can be reloaded each time `reload` yields.
+///
+/// # Errors
+/// As [`serve`].
+pub async fn serve_with_reload<L>(
+    settings: config::Settings,
+    node: Arc<Node>,
+    listener: L,
+    clock: Arc<dyn Clock>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    reload: Option<tokio::sync::mpsc::Receiver<()>>,
+) -> anyhow::Result<()>
+where
+    L: axum::serve::Listener,
+    L::Addr: std::fmt::Debug,
+{
     let (quit_tx, mut quit_rx) = watch::channel(false);
     let metrics = metrics::SelfMetrics::new(metrics::BuildInfo::current());
+    let reloads = Arc::new(reload::Reloads::default());
+    let reload_task = reload.map(|rx| tokio::spawn(reload::serve(reloads.clone(), rx)));
     let app = Arc::new(http::App::new(
         settings,
         node.clone(),
         metrics,
         quit_tx,
         clock,
+        reloads,
     ));
     let router = axum::Router::new().fallback(http::dispatch).with_state(app);
-    let signal = async move {
-        tokio::select! {
-            () = shutdown => tracing::info!("shutdown requested; exiting gracefully..."),
-            _ = quit_rx.wait_for(|q| *q) => {}
+    let failed = Arc::new(std::sync::Mutex::new(None::<String>));
+    let signal = {
+        let node = node.clone();
+        let failed = failed.clone();
+        async move {
+            tokio::select! {
+                () = shutdown => tracing::info!("shutdown requested; exiting gracefully..."),
+                _ = quit_rx.wait_for(|q| *q) => {}
+                why = node.health().wait_fatal() => {
+                    tracing::error!(
+                        reason = %why,
+                        "Raft stopped for good; /-/healthy answers 500 and the node exits \
+                         non-zero once in-flight requests are answered, so that its supervisor \
+                         restarts it (see docs/operations.md, \"Raft stopped\")"
+                    );
+                    *failed.lock().unwrap_or_else(|p| p.into_inner()) = Some(why);
+                }
+            }
         }
     };
     let served = axum::serve(listener, router)
         .with_graceful_shutdown(signal)
         .await;
     tracing::info!("HTTP server stopped");
+    if let Some(t) = reload_task {
+        t.abort();
+    }
     let stopped = node.shutdown().await;
     served.context("serving HTTP")?;
+    if let Some(why) = failed.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        anyhow::bail!("Raft stopped for good: {why}");
+    }
     stopped.context("shutting the node down")?;
     Ok(())
 }

@@ -8,6 +8,9 @@ use pgw_server::Config;
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    // First: SIGHUP's default action ends the process, and `systemctl reload` sends it at any
+    // time, start-up included. From here on it asks for a reload instead.
+    let reload = reload_requests();
     let config = Config::parse();
     if let Err(e) = config.validate() {
         eprintln!("pgw: {e}");
@@ -24,12 +27,40 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match pgw_server::run(config, listener, signal()).await {
+    match pgw_server::run_with_reload(config, listener, signal(), reload).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(err = format!("{e:#}"), "pgw stopped with an error");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// A channel that yields once per SIGHUP (coalesced while a reload is pending).
+fn reload_requests() -> Option<tokio::sync::mpsc::Receiver<()>> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut hup = match signal(SignalKind::hangup()) {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("pgw: cannot handle SIGHUP ({e}); a reload request would end pgw");
+                return None;
+            }
+        };
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        tokio::spawn(async move {
+            while hup.recv().await.is_some() {
+                tracing::info!("SIGHUP received: reloading the configuration");
+                // A full channel means a reload is already pending: it reads the newest files.
+                let _ = tx.try_send(());
+            }
+        });
+        Some(rx)
+    }
+    #[cfg(not(unix))]
+    {
+        None
     }
 }
 

@@ -444,6 +444,24 @@ pub fn cluster_families(node: &pgw_raft::Node) -> Vec<MetricFamily> {
         .map(|(id, lag)| metric(&[("peer", &id.to_string())], Value::Gauge(lag as f64)))
         .collect();
     push_family(&mut out, "pgw_raft_replication_lag_entries", lags);
+    let quorum = node.health().quorum();
+    gauge(
+        &mut out,
+        "pgw_raft_quorum_contact_age_seconds",
+        match quorum {
+            pgw_raft::Quorum::NotLeader => None,
+            pgw_raft::Quorum::Contact(age) | pgw_raft::Quorum::Lost(age) => Some(age.as_secs_f64()),
+        },
+    );
+    gauge(
+        &mut out,
+        "pgw_raft_quorum_lost",
+        Some(if matches!(quorum, pgw_raft::Quorum::Lost(_)) {
+            1.0
+        } else {
+            0.0
+        }),
+    );
     gauge(
         &mut out,
         "pgw_raft_snapshot_index",
@@ -460,6 +478,30 @@ pub fn cluster_families(node: &pgw_raft::Node) -> Vec<MetricFamily> {
         c.snapshots.load(Relaxed),
     );
     gauge(&mut out, "pgw_raft_term", Some(st.term as f64));
+    if let Some(s) = node.storage_stats() {
+        counter(
+            &mut out,
+            "pgw_storage_snapshot_write_failures_total",
+            s.snapshot_write_failures.load(Relaxed),
+        );
+    }
+    out
+}
+
+/// The outcome of the last configuration reload (SIGHUP), as Prometheus names it.
+pub fn reload_families(reloads: &crate::reload::Reloads) -> Vec<MetricFamily> {
+    let (ok, at) = reloads.last();
+    let mut out = Vec::new();
+    gauge(
+        &mut out,
+        "pgw_config_last_reload_success_timestamp_seconds",
+        Some(at),
+    );
+    gauge(
+        &mut out,
+        "pgw_config_last_reload_successful",
+        Some(if ok { 1.0 } else { 0.0 }),
+    );
     out
 }
 

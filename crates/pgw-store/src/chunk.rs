@@ -3,6 +3,11 @@
 //! (u32 BE), so a value can be read, replaced or deleted exactly even when `base` is a prefix
 //! of another value's base (family names such as `foo` and `foobar`).
 //!
+//! Checksums: the top bit of the chunk count ([`CRC_FLAG`]) says that a CRC-32 of the whole
+//! value (u32 BE) follows the count. Every value this build writes has one, and every read
+//! verifies it, so a damaged or altered value is an error, never data. Values written before
+//! checksums (flag clear) are still read.
+//!
 //! Why chunks: see the crate docs (sled writes messages over `segment_size / 4` to blob files
 //! that it never fsyncs; small pieces keep every B-tree leaf in the fsynced `db` file).
 
@@ -15,12 +20,24 @@ use crate::StoreError;
 /// Maximum size of one stored piece of a value (64 KiB).
 pub const CHUNK_SIZE: usize = 64 * 1024;
 
-/// Maximum size of one stored value (a log entry, or one family of one group): 2³² chunks of
+/// Maximum size of one stored value (a log entry, or one family of one group): 2³¹ − 1 chunks of
 /// [`CHUNK_SIZE`]. In practice values are bounded by memory long before this, and pushes by
 /// the HTTP layer's body limit.
-pub const MAX_VALUE_LEN: u64 = (u32::MAX as u64) * (CHUNK_SIZE as u64);
+pub const MAX_VALUE_LEN: u64 = (MAX_CHUNKS as u64) * (CHUNK_SIZE as u64);
 
 const HEADER: usize = 4;
+/// Set in the chunk count when a CRC-32 of the whole value follows it.
+const CRC_FLAG: u32 = 1 << 31;
+/// The largest chunk count (the flag bit is not part of it).
+const MAX_CHUNKS: u32 = CRC_FLAG - 1;
+
+/// The header of a stored value: its chunk count and, for values written with checksums, the
+/// CRC-32 of the whole value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Header {
+    pub(crate) count: u32,
+    pub(crate) crc: Option<u32>,
+}
 
 /// A reassembled value: its base key and its bytes.
 pub(crate) type Value = (Vec<u8>, Vec<u8>);
@@ -41,37 +58,63 @@ fn split_key(key: &[u8]) -> Result<(&[u8], u32), StoreError> {
     Ok((base, u32::from_be_bytes(*idx)))
 }
 
-/// Reads the chunk count from the value of chunk 0.
-fn header(first: &[u8]) -> Result<(u32, &[u8]), StoreError> {
+/// Reads the header from the value of chunk 0; returns it and the first piece of the value.
+pub(crate) fn header(first: &[u8]) -> Result<(Header, &[u8]), StoreError> {
     let (n, rest) = first
         .split_first_chunk::<HEADER>()
         .ok_or_else(|| StoreError::Corrupt("chunk 0 shorter than its header".into()))?;
     let n = u32::from_be_bytes(*n);
-    if n == 0 {
+    let count = n & MAX_CHUNKS;
+    if count == 0 {
         return Err(StoreError::Corrupt("chunk count 0".into()));
     }
-    Ok((n, rest))
+    if n & CRC_FLAG == 0 {
+        return Ok((Header { count, crc: None }, rest));
+    }
+    let (crc, rest) = rest
+        .split_first_chunk::<4>()
+        .ok_or_else(|| StoreError::Corrupt("chunk 0 shorter than its checksum".into()))?;
+    let crc = Some(u32::from_be_bytes(*crc));
+    Ok((Header { count, crc }, rest))
 }
 
-/// Number of chunks of the value currently stored under `base` in `tree` (0 when absent).
-pub(crate) fn stored_count(tree: &Tree, base: &[u8]) -> Result<u32, StoreError> {
+/// Checks a reassembled value against the checksum of its header.
+fn verify(base: &[u8], h: Header, value: &[u8]) -> Result<(), StoreError> {
+    match h.crc {
+        Some(crc) if crc32fast::hash(value) != crc => Err(StoreError::Corrupt(format!(
+            "checksum mismatch in the value under {base:02x?} ({} bytes, {} chunks): the record \
+             was damaged or altered",
+            value.len(),
+            h.count
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// The header of the value currently stored under `base` in `tree` (`None` when absent).
+pub(crate) fn stored_header(tree: &Tree, base: &[u8]) -> Result<Option<Header>, StoreError> {
     match tree
         .get(chunk_key(base, 0))
         .map_err(StoreError::sled("read chunk header"))?
     {
-        None => Ok(0),
-        Some(first) => Ok(header(&first)?.0),
+        None => Ok(None),
+        Some(first) => Ok(Some(header(&first)?.0)),
     }
 }
 
+/// Number of chunks of the value currently stored under `base` in `tree` (0 when absent).
+pub(crate) fn stored_count(tree: &Tree, base: &[u8]) -> Result<u32, StoreError> {
+    Ok(stored_header(tree, base)?.map_or(0, |h| h.count))
+}
+
 /// Adds the writes that store `value` under `base` to `batch`, deleting the surplus chunks of
-/// a previous value of `old_count` chunks.
+/// a previous value of `old_count` chunks. Returns the CRC-32 of `value` (stored with it).
 pub(crate) fn put(
     batch: &mut Batch,
     base: &[u8],
     value: &[u8],
     old_count: u32,
-) -> Result<(), StoreError> {
+) -> Result<u32, StoreError> {
     let too_long = || StoreError::Encode {
         what: "chunked value",
         reason: format!(
@@ -79,11 +122,16 @@ pub(crate) fn put(
             value.len()
         ),
     };
-    let n = u32::try_from(value.len().div_ceil(CHUNK_SIZE).max(1)).map_err(|_| too_long())?;
+    let n = u32::try_from(value.len().div_ceil(CHUNK_SIZE).max(1))
+        .ok()
+        .filter(|n| *n <= MAX_CHUNKS)
+        .ok_or_else(too_long)?;
+    let crc = crc32fast::hash(value);
     let mut pieces = value.chunks(CHUNK_SIZE);
     let first = pieces.next().unwrap_or(&[]);
-    let mut v0 = Vec::with_capacity(HEADER + first.len());
-    v0.extend_from_slice(&n.to_be_bytes());
+    let mut v0 = Vec::with_capacity(HEADER + 4 + first.len());
+    v0.extend_from_slice(&(n | CRC_FLAG).to_be_bytes());
+    v0.extend_from_slice(&crc.to_be_bytes());
     v0.extend_from_slice(first);
     batch.insert(chunk_key(base, 0), v0);
     for (i, piece) in (1u32..).zip(pieces) {
@@ -92,7 +140,7 @@ pub(crate) fn put(
     for i in n..old_count {
         batch.remove(chunk_key(base, i));
     }
-    Ok(())
+    Ok(crc)
 }
 
 /// Adds the deletion of a value of `old_count` chunks under `base` to `batch`.
@@ -110,7 +158,8 @@ pub(crate) fn get(tree: &Tree, base: &[u8]) -> Result<Option<Vec<u8>>, StoreErro
     else {
         return Ok(None);
     };
-    let (n, piece) = header(&first)?;
+    let (h, piece) = header(&first)?;
+    let n = h.count;
     let mut out = piece.to_vec();
     for i in 1..n {
         let piece = tree
@@ -121,6 +170,7 @@ pub(crate) fn get(tree: &Tree, base: &[u8]) -> Result<Option<Vec<u8>>, StoreErro
             })?;
         out.extend_from_slice(&piece);
     }
+    verify(base, h, &out)?;
     Ok(Some(out))
 }
 
@@ -145,7 +195,8 @@ pub(crate) fn assemble(
                 "chunk 0 missing under {base:02x?}"
             )));
         };
-        let (n, piece) = header(&first)?;
+        let (h, piece) = header(&first)?;
+        let n = h.count;
         let mut value = piece.to_vec();
         let mut count = 1u32;
         for (i, piece) in it {
@@ -162,6 +213,7 @@ pub(crate) fn assemble(
                 "{count} of {n} chunks present under {base:02x?}"
             )));
         }
+        verify(&base, h, &value)?;
         out.push((base, value));
     }
     Ok(out)
@@ -209,6 +261,34 @@ mod tests {
         remove(&mut b, b"foo", 1);
         t.apply_batch(b).unwrap();
         assert_eq!(get(&t, b"foo").unwrap(), None);
+    }
+
+    #[test]
+    fn damaged_value_is_an_error_and_old_values_still_read() {
+        let (_db, t) = temp_tree();
+        let big: Vec<u8> = (0..CHUNK_SIZE + 7).map(|i| (i * 7) as u8).collect();
+        let mut b = Batch::default();
+        let crc = put(&mut b, b"k", &big, 0).unwrap();
+        t.apply_batch(b).unwrap();
+        assert_eq!(crc, crc32fast::hash(&big));
+        assert_eq!(
+            stored_header(&t, b"k").unwrap(),
+            Some(Header {
+                count: 2,
+                crc: Some(crc)
+            })
+        );
+        // Flip one byte of the second chunk: both readers refuse the value.
+        let mut piece = t.get(chunk_key(b"k", 1)).unwrap().unwrap().to_vec();
+        piece[3] ^= 0x40;
+        t.insert(chunk_key(b"k", 1), piece).unwrap();
+        assert!(get(&t, b"k").is_err());
+        assert!(assemble(t.iter()).is_err());
+        // A value written before checksums (flag clear) is read as it is.
+        let mut legacy = 1u32.to_be_bytes().to_vec();
+        legacy.extend_from_slice(b"old");
+        t.insert(chunk_key(b"old", 0), legacy).unwrap();
+        assert_eq!(get(&t, b"old").unwrap().unwrap(), b"old");
     }
 
     #[test]

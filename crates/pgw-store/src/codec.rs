@@ -1,4 +1,7 @@
-//! Record encoding: a format-version byte followed by postcard.
+//! Record encoding: a format-version byte, a CRC-32 of the payload, then postcard.
+//!
+//! Format 2 (written by this build): `2 ‖ CRC-32 (u32 BE) of the postcard bytes ‖ postcard`.
+//! Format 1 (written before checksums): `1 ‖ postcard`, still read.
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -6,36 +9,63 @@ use serde::de::DeserializeOwned;
 use crate::StoreError;
 
 /// Format version of every record this crate writes (log entries, vote, committed, last
-/// purged, state-machine meta, snapshot file).
-pub(crate) const FORMAT: u8 = 1;
+/// purged, state-machine meta).
+pub(crate) const FORMAT: u8 = 2;
+/// The format written before records carried a checksum.
+pub(crate) const FORMAT_V1: u8 = 1;
 
-/// Encodes `value` as version byte ‖ postcard.
+/// Encodes `value` as version byte ‖ CRC-32 ‖ postcard.
 pub(crate) fn encode<T: Serialize>(what: &'static str, value: &T) -> Result<Vec<u8>, StoreError> {
-    postcard::to_extend(value, vec![FORMAT]).map_err(|e| StoreError::Encode {
-        what,
-        reason: e.to_string(),
-    })
+    let mut out =
+        postcard::to_extend(value, vec![FORMAT, 0, 0, 0, 0]).map_err(|e| StoreError::Encode {
+            what,
+            reason: e.to_string(),
+        })?;
+    let crc = crc32fast::hash(&out[5..]);
+    out[1..5].copy_from_slice(&crc.to_be_bytes());
+    Ok(out)
 }
 
-/// Decodes what [`encode`] produced; the whole input must be consumed.
-pub(crate) fn decode<T: DeserializeOwned>(what: &str, bytes: &[u8]) -> Result<T, StoreError> {
-    match bytes.split_first() {
-        None => Err(StoreError::Corrupt(format!("{what}: empty record"))),
+/// Decodes what [`encode`] produced (or format 1); the whole input must be consumed and the
+/// checksum must match. Returns the format version with the value.
+pub(crate) fn decode_versioned<T: DeserializeOwned>(
+    what: &str,
+    bytes: &[u8],
+) -> Result<(u8, T), StoreError> {
+    let payload = match bytes.split_first() {
+        None => return Err(StoreError::Corrupt(format!("{what}: empty record"))),
+        Some((&FORMAT_V1, rest)) => rest,
         Some((&FORMAT, rest)) => {
-            let (value, tail) = postcard::take_from_bytes(rest)
-                .map_err(|e| StoreError::Corrupt(format!("{what}: {e}")))?;
-            if !tail.is_empty() {
+            let (crc, payload) = rest.split_first_chunk::<4>().ok_or_else(|| {
+                StoreError::Corrupt(format!("{what}: record shorter than its checksum"))
+            })?;
+            if crc32fast::hash(payload) != u32::from_be_bytes(*crc) {
                 return Err(StoreError::Corrupt(format!(
-                    "{what}: {} trailing bytes",
-                    tail.len()
+                    "{what}: checksum mismatch: the record was damaged or altered"
                 )));
             }
-            Ok(value)
+            payload
         }
-        Some((&v, _)) => Err(StoreError::Corrupt(format!(
-            "{what}: unsupported format version {v}"
-        ))),
+        Some((&v, _)) => {
+            return Err(StoreError::Corrupt(format!(
+                "{what}: unsupported format version {v}"
+            )));
+        }
+    };
+    let (value, tail) = postcard::take_from_bytes(payload)
+        .map_err(|e| StoreError::Corrupt(format!("{what}: {e}")))?;
+    if !tail.is_empty() {
+        return Err(StoreError::Corrupt(format!(
+            "{what}: {} trailing bytes",
+            tail.len()
+        )));
     }
+    Ok((bytes[0], value))
+}
+
+/// [`decode_versioned`] without the version.
+pub(crate) fn decode<T: DeserializeOwned>(what: &str, bytes: &[u8]) -> Result<T, StoreError> {
+    decode_versioned(what, bytes).map(|(_, v)| v)
 }
 
 #[cfg(test)]
@@ -52,8 +82,21 @@ mod tests {
         let mut bad = bytes.clone();
         bad[0] = 9;
         assert!(decode::<(u64, String)>("t", &bad).is_err());
-        let mut long = bytes;
+        let mut long = bytes.clone();
         long.push(0);
         assert!(decode::<(u64, String)>("t", &long).is_err());
+        // Any flipped payload bit is caught by the checksum.
+        for i in 5..bytes.len() {
+            let mut flipped = bytes.clone();
+            flipped[i] ^= 1;
+            assert!(decode::<(u64, String)>("t", &flipped).is_err(), "byte {i}");
+        }
+        // Format 1 (no checksum) is still read.
+        let mut v1 = vec![FORMAT_V1];
+        v1.extend_from_slice(&postcard::to_allocvec(&(7u64, "x".to_string())).unwrap());
+        assert_eq!(
+            decode_versioned::<(u64, String)>("t", &v1).unwrap(),
+            (FORMAT_V1, (7, "x".to_string()))
+        );
     }
 }

@@ -1,10 +1,12 @@
-//! The sled database of one storage directory and the durability shim.
+//! The sled database of one storage directory, the durability shim, and the durability
+//! marker updates that follow each sync.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use crate::StoreError;
+use crate::marker::{self, Found, Mark, Marker};
 
 /// sled segment size: 8 MiB, so sled's blob threshold (`segment_size / 4`) is 2 MiB.
 const SEGMENT_SIZE: usize = 8 << 20;
@@ -17,38 +19,91 @@ pub(crate) const LOG_TREE: &str = "raft_log";
 /// Name of the tree holding the state machine.
 pub(crate) const SM_TREE: &str = "state_machine";
 
-/// Name of the durability watermark file: a version byte and the highest log index (u64 BE)
-/// this directory is known to have made durable. sled recovers whatever prefix of its file it
-/// can read and may come back *empty* from a damaged file without an error; the watermark lets
-/// [`crate::open`] notice that instead of starting a node that silently lost acknowledged
-/// writes (reference quirk Q8).
-pub(crate) const WATERMARK: &str = "durable.mark";
-/// The watermark is rewritten when the durable log index passed it by this many entries.
-const WATERMARK_STEP: u64 = 1024;
-
-/// One sled database plus a second handle on its data file for real fsyncs.
+/// One sled database plus a second handle on its data file for real fsyncs, and the
+/// durability marker ([`crate::marker`]).
 pub(crate) struct Engine {
     pub(crate) db: sled::Db,
     /// A second handle on `<dir>/db`: `fsync` covers the whole inode, including what sled
     /// wrote through its own handle.
     data_file: Arc<File>,
     dir: PathBuf,
-    /// The watermark as last written (`None`: no file yet).
-    watermark: std::sync::Mutex<Option<u64>>,
+    /// The marker as found at open (checked by [`crate::open`]).
+    found: Found,
+    /// The open marker, from the end of [`crate::open`] on (`None` before).
+    marker: Arc<Mutex<Option<Marker>>>,
+}
+
+/// Runs `f`, turning a panic into an error that carries its message, without printing it: sled
+/// 0.34 panics on some damaged files instead of returning an error.
+pub(crate) fn catch_panics<T>(
+    f: impl FnOnce() -> Result<T, StoreError>,
+) -> Result<Result<T, StoreError>, String> {
+    use std::cell::{Cell, RefCell};
+    thread_local! {
+        static QUIET: Cell<bool> = const { Cell::new(false) };
+        static MESSAGE: RefCell<Option<String>> = const { RefCell::new(None) };
+    }
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    HOOK.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if QUIET.with(Cell::get) {
+                let msg = match (
+                    info.payload().downcast_ref::<&str>(),
+                    info.payload().downcast_ref::<String>(),
+                ) {
+                    (Some(s), _) => (*s).to_string(),
+                    (_, Some(s)) => s.clone(),
+                    _ => "unknown panic".to_string(),
+                };
+                let at = info
+                    .location()
+                    .map_or_else(String::new, |l| format!(" at {}:{}", l.file(), l.line()));
+                MESSAGE.with(|m| *m.borrow_mut() = Some(format!("{msg}{at}")));
+            } else {
+                previous(info);
+            }
+        }));
+    });
+    QUIET.with(|q| q.set(true));
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    QUIET.with(|q| q.set(false));
+    match result {
+        Ok(r) => Ok(r),
+        Err(_) => Err(MESSAGE.with(|m| m.borrow_mut().take()).map_or_else(
+            || "sled panicked".to_string(),
+            |m| format!("sled panicked: {m}"),
+        )),
+    }
 }
 
 impl Engine {
-    /// Opens the database in `dir`, creating the directory if needed.
+    /// Opens the database in `dir`, creating the directory if needed, and reads the marker.
     pub(crate) fn open(dir: &Path) -> Result<Engine, StoreError> {
         std::fs::create_dir_all(dir)
             .map_err(StoreError::io(format!("create {}", dir.display())))?;
-        let db = sled::Config::new()
-            .path(dir)
-            .mode(sled::Mode::LowSpace)
-            .segment_size(SEGMENT_SIZE)
-            .cache_capacity(CACHE_CAPACITY)
-            .open()
-            .map_err(StoreError::sled("open database"))?;
+        let found = marker::read(dir)?;
+        let opened = catch_panics(|| {
+            sled::Config::new()
+                .path(dir)
+                .mode(sled::Mode::LowSpace)
+                .segment_size(SEGMENT_SIZE)
+                .cache_capacity(CACHE_CAPACITY)
+                .open()
+                .map_err(StoreError::sled("open database"))
+        });
+        let db = match opened.map(|r| r.map_err(|e| e.to_string())).and_then(|r| r) {
+            Ok(db) => db,
+            Err(why) if why.contains("WouldBlock") || why.contains("temporarily unavailable") => {
+                return Err(StoreError::InUse(dir.to_path_buf()));
+            }
+            Err(why) => {
+                return Err(StoreError::Damaged {
+                    file: dir.join("db"),
+                    what: format!("the database cannot be opened ({why})"),
+                });
+            }
+        };
         let data_path = dir.join("db");
         let data_file = File::open(&data_path)
             .map_err(StoreError::io(format!("open {}", data_path.display())))?;
@@ -63,53 +118,26 @@ impl Engine {
             .sync_all()
             .map_err(StoreError::io(format!("fsync {}", data_path.display())))?;
         sync_dir(dir)?;
-        let watermark = read_watermark(dir)?;
         Ok(Engine {
             db,
             data_file: Arc::new(data_file),
             dir: dir.to_path_buf(),
-            watermark: std::sync::Mutex::new(watermark),
+            found,
+            marker: Arc::new(Mutex::new(None)),
         })
     }
 
-    /// Lowers the watermark to `index` if it is above (before a log truncation).
-    pub(crate) async fn lower_watermark(&self, index: u64) -> Result<(), StoreError> {
-        if self.watermark().is_none_or(|w| w <= index) {
-            return Ok(());
-        }
-        self.store_watermark(index).await
+    /// The marker as found at open.
+    pub(crate) fn found_mark(&self) -> &Found {
+        &self.found
     }
 
-    /// Writes the watermark file off the async threads and records it.
-    async fn store_watermark(&self, index: u64) -> Result<(), StoreError> {
-        let dir = self.dir.clone();
-        tokio::task::spawn_blocking(move || write_watermark(&dir, index))
-            .await
-            .map_err(|e| StoreError::Io {
-                context: "watermark task".into(),
-                source: std::io::Error::other(e),
-            })??;
-        *self.watermark.lock().unwrap_or_else(|p| p.into_inner()) = Some(index);
+    /// Writes a fresh marker holding `mark` (what open verified) and keeps it open for the
+    /// updates that follow each sync.
+    pub(crate) fn start_marker(&self, mark: Mark) -> Result<(), StoreError> {
+        let m = Marker::create(&self.dir, mark)?;
+        *lock(&self.marker) = Some(m);
         Ok(())
-    }
-
-    /// The watermark found at open, if any.
-    pub(crate) fn watermark(&self) -> Option<u64> {
-        *self.watermark.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Records that the log is durable up to `index`: writes the watermark file (atomically,
-    /// fsync'd) the first time and whenever `index` passed it by [`WATERMARK_STEP`], or always
-    /// when `force`. Call only after the data itself was made durable.
-    pub(crate) async fn note_durable(&self, index: u64, force: bool) -> Result<(), StoreError> {
-        let due = match self.watermark() {
-            None => true,
-            Some(w) => index > w && (force || index >= w.saturating_add(WATERMARK_STEP)),
-        };
-        if !due {
-            return Ok(());
-        }
-        self.store_watermark(index).await
     }
 
     /// The storage directory.
@@ -124,17 +152,23 @@ impl Engine {
             .map_err(StoreError::sled("open tree"))
     }
 
-    /// Makes every write issued so far durable: sled's flush (which writes its buffers and
-    /// calls `sync_file_range`), then a real `fsync` of the data file.
-    pub(crate) async fn sync(&self) -> Result<(), StoreError> {
-        // sled's flush and the fsync in one blocking task: one thread hop per sync instead of
-        // two (sled's `flush_async` runs on sled's own pool), which is on the path of every
+    /// Makes every write issued so far durable (sled's flush, which writes its buffers and
+    /// calls `sync_file_range`, then a real `fsync` of the data file), then records `update`
+    /// of the marker durably. Call with the update that describes what this sync made
+    /// durable; the marker never runs ahead of the data.
+    pub(crate) async fn sync_and_mark(
+        &self,
+        update: impl FnOnce(&mut Mark) + Send + 'static,
+    ) -> Result<(), StoreError> {
+        // All in one blocking task: one thread hop per sync, which is on the path of every
         // acknowledged write.
         let db = self.db.clone();
         let file = self.data_file.clone();
+        let marker = self.marker.clone();
         tokio::task::spawn_blocking(move || {
             db.flush().map_err(StoreError::sled("flush"))?;
-            file.sync_all().map_err(StoreError::io("fsync db"))
+            file.sync_all().map_err(StoreError::io("fsync db"))?;
+            store_mark(&marker, update)
         })
         .await
         .map_err(|e| StoreError::Io {
@@ -143,7 +177,22 @@ impl Engine {
         })?
     }
 
-    /// [`Engine::sync`] for non-async callers (open).
+    /// Records `update` of the marker durably, without a sync of the database (for what is
+    /// durable by other means: a snapshot file, or a log about to be truncated).
+    pub(crate) async fn mark(
+        &self,
+        update: impl FnOnce(&mut Mark) + Send + 'static,
+    ) -> Result<(), StoreError> {
+        let marker = self.marker.clone();
+        tokio::task::spawn_blocking(move || store_mark(&marker, update))
+            .await
+            .map_err(|e| StoreError::Io {
+                context: "marker task".into(),
+                source: std::io::Error::other(e),
+            })?
+    }
+
+    /// [`Engine::sync_and_mark`]'s sync alone, for non-async callers (open).
     pub(crate) fn sync_blocking(&self) -> Result<(), StoreError> {
         self.db.flush().map_err(StoreError::sled("flush"))?;
         self.data_file
@@ -152,45 +201,27 @@ impl Engine {
     }
 }
 
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn store_mark(
+    marker: &Mutex<Option<Marker>>,
+    update: impl FnOnce(&mut Mark),
+) -> Result<(), StoreError> {
+    let mut guard = lock(marker);
+    // Before open finished there is no marker yet: open writes it from what it verified.
+    let Some(m) = guard.as_mut() else {
+        return Ok(());
+    };
+    let mut next = m.mark();
+    update(&mut next);
+    m.store(next)
+}
+
 /// fsyncs a directory so that file creations and renames in it are durable.
 pub(crate) fn sync_dir(dir: &Path) -> Result<(), StoreError> {
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(StoreError::io(format!("fsync directory {}", dir.display())))
-}
-
-fn read_watermark(dir: &Path) -> Result<Option<u64>, StoreError> {
-    let path = dir.join(WATERMARK);
-    match std::fs::read(&path) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(StoreError::Io {
-            context: format!("read {}", path.display()),
-            source: e,
-        }),
-        Ok(bytes) => match bytes.split_first() {
-            Some((&1, rest)) if rest.len() == 8 => {
-                let mut b = [0u8; 8];
-                b.copy_from_slice(rest);
-                Ok(Some(u64::from_be_bytes(b)))
-            }
-            _ => Err(StoreError::Corrupt(format!(
-                "{} is not a valid watermark file",
-                path.display()
-            ))),
-        },
-    }
-}
-
-fn write_watermark(dir: &Path, index: u64) -> Result<(), StoreError> {
-    use std::io::Write;
-    let path = dir.join(WATERMARK);
-    let tmp = dir.join(format!("{WATERMARK}.tmp"));
-    let mut bytes = vec![1u8];
-    bytes.extend_from_slice(&index.to_be_bytes());
-    let mut f = File::create(&tmp).map_err(StoreError::io(format!("create {}", tmp.display())))?;
-    f.write_all(&bytes)
-        .and_then(|()| f.sync_all())
-        .map_err(StoreError::io(format!("write {}", tmp.display())))?;
-    std::fs::rename(&tmp, &path).map_err(StoreError::io(format!("rename {}", tmp.display())))?;
-    sync_dir(dir)
 }

@@ -42,6 +42,30 @@ pub enum StoreError {
     /// The in-memory store lock was poisoned by a panic in another thread.
     #[error("in-memory group store lock poisoned")]
     Poisoned,
+    /// A file of the storage directory is damaged, missing, older than what the directory
+    /// made durable, or unreadable: the node must not start on it (found by [`crate::open`]).
+    #[error(
+        "storage damaged: {}: {what}. pgw refuses to start on it, so that it never serves, votes \
+         or acknowledges with less than it had. Runbook (docs/operations.md, \"Damaged \
+         storage\"): on a member of a cluster, move the directory away, start the node with an \
+         empty --storage.path and re-add it (`pgwctl member remove <id>`, then `pgwctl member \
+         add <id> <host:port> --wait`); on a single node, start it on an empty --storage.path \
+         and restore the latest backup (`pgwctl restore <file>`)",
+        file.display()
+    )]
+    Damaged {
+        /// The damaged file.
+        file: std::path::PathBuf,
+        /// What was found.
+        what: String,
+    },
+    /// Another process holds the storage directory.
+    #[error(
+        "--storage.path {} is in use by another pgw process; stop it, or give this node its \
+         own --storage.path",
+        .0.display()
+    )]
+    InUse(std::path::PathBuf),
 }
 
 impl StoreError {

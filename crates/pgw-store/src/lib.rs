@@ -111,6 +111,7 @@ mod engine;
 mod error;
 pub mod failpoint;
 mod log_store;
+mod marker;
 pub mod mem;
 mod snapshot_file;
 mod state_machine;
@@ -125,7 +126,7 @@ pub use chunk::{CHUNK_SIZE, MAX_VALUE_LEN};
 pub use error::StoreError;
 pub use log_store::LogStore;
 pub use snapshot_file::path as snapshot_path;
-pub use state_machine::{SnapshotBuilder, StateMachineStore};
+pub use state_machine::{SnapshotBuilder, StateMachineStore, StorageStats};
 
 /// The node id type of the cluster.
 pub type NodeId = u64;
@@ -167,42 +168,134 @@ impl fmt::Display for Node {
 /// Opens (creating if needed) the storage directory `path` and returns its Raft log and
 /// state machine.
 ///
-/// Opens one `sled::Db` on the directory, rebuilds the in-memory [`pgw_core::GroupStore`] from
-/// the state-machine tree, and, when `snapshot.bin` is newer than the tree (a crash after a
-/// snapshot, before the tree reached disk), restores the state machine from the snapshot and
-/// rewrites the tree durably.
+/// Opens one `sled::Db` on the directory, reads and checks everything it holds, rebuilds the
+/// in-memory [`pgw_core::GroupStore`] from the state-machine tree, and, when `snapshot.bin` is
+/// newer than the tree (a crash after a snapshot, before the tree reached disk), restores the
+/// state machine from the snapshot and rewrites the tree durably.
+///
+/// Damage is refused, never served ([`StoreError::Damaged`], naming the file and the runbook):
+/// a record whose checksum does not match; a log with a gap; a state-machine tree whose family
+/// records do not add up to the digest stored with them; a snapshot file that does not match
+/// its checksum, is older than, or differs from, the one the marker recorded; a log or vote
+/// behind what the marker says was durable; a missing marker beside a Raft state; a database
+/// that sled cannot open (sled's panics on damaged files are caught). A directory held by
+/// another process is [`StoreError::InUse`].
 ///
 /// Only one process may open a directory; within one process, every holder of the previous
 /// stores (the Raft core, servers) must be dropped before the directory is opened again.
 ///
-/// Blocking (file I/O, and an fsync when restoring from the snapshot): call it at startup or
-/// from `spawn_blocking`.
+/// Blocking (file I/O, fsyncs): call it at startup or from `spawn_blocking`.
 pub fn open(path: &Path) -> Result<(LogStore, StateMachineStore), StoreError> {
     let engine = Arc::new(engine::Engine::open(path)?);
-    let log = LogStore::new(engine.clone())?;
-    let sm = StateMachineStore::open(engine.clone())?;
-    // sled recovers the readable prefix of a damaged file without an error, possibly
-    // nothing at all. Refuse to start on less than this directory is known to have made
-    // durable, rather than serving (and replicating) an older or empty state.
-    if let Some(mark) = engine.watermark() {
-        let (index, has_vote) = log.recovered_extent()?;
-        let snapshot = sm.snapshot_index();
-        let extent = index.max(snapshot);
-        // A directory that held a Raft state never comes back with neither a log nor a vote.
-        if extent < mark || (extent == 0 && !has_vote) {
-            return Err(StoreError::Corrupt(format!(
-                "{} held a Raft log durable up to index {mark}, but only {} could be recovered{}: \
-                 the storage is damaged. Do not start this node on it: move the directory away and \
-                 rejoin the node to its cluster with an empty --storage.path, or restore a backup",
-                path.display(),
-                if extent == 0 {
-                    "nothing".to_string()
-                } else {
-                    format!("up to index {extent}")
-                },
-                if has_vote { "" } else { " (no vote)" },
+    let db_file = path.join("db");
+    let damaged_db = |e: String| StoreError::Damaged {
+        file: db_file.clone(),
+        what: e,
+    };
+    let opened = engine::catch_panics(|| {
+        let log = LogStore::new(engine.clone())?;
+        let recovered = log.verify()?;
+        let sm = StateMachineStore::open(engine.clone())?;
+        Ok((log, recovered, sm))
+    });
+    let (log, recovered, sm) = match opened {
+        Ok(Ok(x)) => x,
+        // Errors that already name their file pass through; the rest come from the database.
+        Ok(Err(
+            e @ (StoreError::Damaged { .. } | StoreError::InUse(_) | StoreError::Io { .. }),
+        )) => {
+            return Err(e);
+        }
+        Ok(Err(e)) => return Err(damaged_db(e.to_string())),
+        Err(panic) => return Err(damaged_db(panic)),
+    };
+    let snapshot = sm.snapshot_at_open();
+    let holds_state = recovered.last_index.is_some()
+        || recovered.vote.is_some()
+        || snapshot.is_some()
+        || sm.snapshot_index() > 0;
+    let mark = match engine.found_mark() {
+        marker::Found::Missing if holds_state => {
+            return Err(StoreError::Damaged {
+                file: path.join(marker::FILE),
+                what: "the durability marker is missing, but the database holds a Raft state \
+                       (a vote or log entries): pgw cannot tell how much of it was lost"
+                    .into(),
+            });
+        }
+        marker::Found::Missing => marker::Mark::default(),
+        marker::Found::Valid(m) => *m,
+    };
+    if let Some(durable) = mark.log {
+        let extent = [recovered.last_index, snapshot.and_then(|s| s.index)]
+            .into_iter()
+            .flatten()
+            .max();
+        if extent.is_none_or(|e| e < durable) {
+            return Err(damaged_db(format!(
+                "the Raft log was durable up to index {durable}, but {}: the file was truncated, \
+                 damaged or replaced by an older copy",
+                match extent {
+                    None => "nothing could be recovered".to_string(),
+                    Some(e) => format!("only index {e} could be recovered"),
+                }
             )));
         }
     }
+    if let Some((term, node, _)) = mark.vote {
+        match recovered.vote {
+            Some((t, _, _)) if t >= term => {}
+            found => {
+                return Err(damaged_db(format!(
+                    "the vote for term {term} (node {node}) was durable, but {}: the file was \
+                     truncated, damaged or replaced by an older copy",
+                    match found {
+                        None => "no vote could be recovered".to_string(),
+                        Some((t, n, _)) => format!("only a vote for term {t} (node {n}) was found"),
+                    }
+                )));
+            }
+        }
+    }
+    if let Some((index, crc)) = mark.snapshot {
+        let file = path.join(snapshot_file_name());
+        let fmt =
+            |i: Option<u64>| i.map_or_else(|| "no entry".to_string(), |i| format!("index {i}"));
+        match snapshot {
+            None => {
+                return Err(StoreError::Damaged {
+                    file,
+                    what: format!(
+                        "a snapshot up to {} was made durable, but the file is missing",
+                        fmt(index)
+                    ),
+                });
+            }
+            Some(s) if s.index < index || (s.index == index && s.crc != crc) => {
+                return Err(StoreError::Damaged {
+                    file,
+                    what: format!(
+                        "a snapshot up to {} was made durable, but the file holds {} (CRC {:08x}, \
+                         expected {crc:08x}): it was replaced by an older or different copy",
+                        fmt(index),
+                        fmt(s.index),
+                        s.crc
+                    ),
+                });
+            }
+            Some(_) => {}
+        }
+    }
+    // What was verified is the new baseline (it may be ahead of the old marker: a crash after
+    // a sync, before its marker update; and a version-1 marker is rewritten as version 2).
+    engine.start_marker(marker::Mark {
+        log: recovered.last_index.max(mark.log),
+        vote: recovered.vote,
+        snapshot: snapshot.map(|s| (s.index, s.crc)).or(mark.snapshot),
+    })?;
     Ok((log, sm))
+}
+
+fn snapshot_file_name() -> &'static str {
+    "snapshot.bin"
 }

@@ -33,6 +33,15 @@ fn entry_base(index: u64) -> [u8; 9] {
     k
 }
 
+/// What [`LogStore::verify`] recovered.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Recovered {
+    /// The last log index held or purged (`None`: the log is empty and nothing was purged).
+    pub(crate) last_index: Option<u64>,
+    /// The saved vote: (term, node id, committed).
+    pub(crate) vote: Option<(u64, u64, bool)>,
+}
+
 /// The Raft log, vote, committed and last-purged log ids of one node.
 ///
 /// Cheap to clone: clones share the database (openraft's log reader is a clone).
@@ -104,6 +113,29 @@ impl LogStore {
             .collect()
     }
 
+    fn first_entry_index(&self) -> Result<Option<u64>, StoreError> {
+        self.next_entry_index(0)
+    }
+
+    /// The index of the first stored entry at or after `from`.
+    fn next_entry_index(&self, from: u64) -> Result<Option<u64>, StoreError> {
+        let Some(k) = self
+            .tree
+            .range(chunk::chunk_key(&entry_base(from), 0)..vec![ENTRY + 1])
+            .keys()
+            .next()
+            .transpose()
+            .map_err(StoreError::sled("scan log keys"))?
+        else {
+            return Ok(None);
+        };
+        k.get(1..9)
+            .and_then(|b| <[u8; 8]>::try_from(b).ok())
+            .map(u64::from_be_bytes)
+            .map(Some)
+            .ok_or_else(|| StoreError::Corrupt(format!("log key {k:02x?}")))
+    }
+
     fn last_entry_id(&self) -> Result<Option<LogId<NodeId>>, StoreError> {
         let Some(last) = self
             .tree
@@ -137,25 +169,57 @@ impl LogStore {
         self.tree
             .apply_batch(batch)
             .map_err(StoreError::sled("append log entries"))?;
-        self.engine.sync().await?;
-        if let Some(last) = entries.last() {
-            self.engine.note_durable(last.log_id.index, false).await?;
-        }
+        // Appends follow the end of the log (a conflicting tail was truncated first), so the
+        // last appended index is the new durable end.
+        let last = entries.last().map(|e| e.log_id.index);
+        self.engine
+            .sync_and_mark(move |m| {
+                if last.is_some() {
+                    m.log = last;
+                }
+            })
+            .await?;
         crate::crash_point!("pgw-store::log::after-append");
         Ok(())
     }
 
-    /// The highest log index this store holds or purged (0 when empty), and whether a vote
-    /// was ever saved.
-    pub(crate) fn recovered_extent(&self) -> Result<(u64, bool), StoreError> {
+    /// Reads the whole log once, as found at start: every entry must decode (checksums
+    /// included) and the indexes must run without a gap from just after the last purged entry
+    /// to the last one. Returns what was recovered.
+    pub(crate) fn verify(&self) -> Result<Recovered, StoreError> {
         let purged: Option<LogId<NodeId>> = self.get_meta(PURGED, "last purged log id")?;
-        let last = self.last_entry_id()?;
-        let index = last.or(purged).map_or(0, |l| l.index);
-        let has_vote = self
-            .tree
-            .contains_key(VOTE)
-            .map_err(StoreError::sled("read vote"))?;
-        Ok((index, has_vote))
+        let vote: Option<Vote<NodeId>> = self.get_meta(VOTE, "vote")?;
+        let _committed: Option<LogId<NodeId>> = self.get_meta(COMMITTED, "committed log id")?;
+        let mut expected = purged.map(|p| p.index + 1);
+        let mut last = None;
+        // In bounded slices: the log after a snapshot is short, but a node that never
+        // snapshotted may hold many entries.
+        let mut start = match self.first_entry_index()? {
+            Some(first) => first,
+            None => u64::MAX,
+        };
+        while start != u64::MAX {
+            let end = start.saturating_add(1024);
+            let entries = self.read_range(start, Some(end))?;
+            for e in entries {
+                let index = e.log_id.index;
+                if let Some(want) = expected
+                    && index != want
+                {
+                    return Err(StoreError::Corrupt(format!(
+                        "the Raft log has a gap: entry {want} is missing before entry {index}"
+                    )));
+                }
+                expected = Some(index + 1);
+                last = Some(index);
+            }
+            // Continue at the next stored entry (a gap is reported above when one follows).
+            start = self.next_entry_index(end)?.unwrap_or(u64::MAX);
+        }
+        Ok(Recovered {
+            last_index: last.or(purged.map(|p| p.index)),
+            vote: vote.map(|v| (v.leader_id.term, v.leader_id.node_id, v.committed)),
+        })
     }
 
     /// Adds the removal of every entry key in `[lo, hi)` to `batch`.
@@ -216,9 +280,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             self.tree
                 .insert(VOTE, v)
                 .map_err(StoreError::sled("write vote"))?;
-            self.engine.sync().await?;
-            // The first durable vote marks the directory as holding a Raft state.
-            self.engine.note_durable(0, false).await
+            let vote = (vote.leader_id.term, vote.leader_id.node_id, vote.committed);
+            self.engine
+                .sync_and_mark(move |m| m.vote = Some(vote))
+                .await
         }
         .await;
         res.sto(ErrorSubject::Vote, ErrorVerb::Write)
@@ -284,9 +349,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
         let res: Result<(), StoreError> = async {
             // Entries that were durable (but never committed) are going away: lower the
-            // watermark first, so a crash in between never looks like lost data.
+            // marker first, so a crash in between never looks like lost data.
+            let keep = log_id.index.checked_sub(1);
             self.engine
-                .lower_watermark(log_id.index.saturating_sub(1))
+                .mark(move |m| {
+                    if m.log.is_some_and(|l| Some(l) > keep) {
+                        m.log = keep;
+                    }
+                })
                 .await?;
             let mut batch = Batch::default();
             let lo = chunk::chunk_key(&entry_base(log_id.index), 0);
@@ -294,7 +364,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             self.tree
                 .apply_batch(batch)
                 .map_err(StoreError::sled("truncate log"))?;
-            self.engine.sync().await
+            self.engine.sync_and_mark(|_| {}).await
         }
         .await;
         res.sto(ErrorSubject::Log(log_id), ErrorVerb::Delete)

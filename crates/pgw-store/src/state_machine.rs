@@ -18,7 +18,7 @@ use sled::{Batch, Tree};
 
 use crate::engine::{Engine, SM_TREE};
 use crate::error::ResultExt;
-use crate::snapshot_file::{Meta, SnapshotFile};
+use crate::snapshot_file::{Identity, Meta, SnapshotFile};
 use crate::{Node, NodeId, SharedStore, SnapshotData, StoreError, TypeConfig, chunk, codec};
 
 type Entry = openraft::Entry<TypeConfig>;
@@ -35,11 +35,47 @@ struct Applied {
     last_membership: StoredMembership<NodeId, Node>,
 }
 
-/// The persisted meta record: [`Applied`] plus the store's push clock.
+/// The persisted meta record: [`Applied`], the store's push clock, and the digest of every
+/// family record of the tree (format 2).
 #[derive(Serialize, Deserialize)]
 struct MetaRecord {
     applied: Applied,
     clock_ns: i64,
+    digest: Digest,
+}
+
+/// The meta record as written before checksums (format 1): no digest.
+#[derive(Deserialize)]
+struct MetaRecordV1 {
+    applied: Applied,
+    clock_ns: i64,
+}
+
+/// An order-independent digest of the family records of the tree: their number and the
+/// wrapping sum of one 64-bit value per record (the CRC-32 of its key, and the CRC-32 of its
+/// value). Kept up to date by every apply from the records it writes and deletes, stored in
+/// the meta record of the same atomic batch, and recomputed at start: a record that sled lost
+/// or that changed under it does not add up.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct Digest {
+    records: u64,
+    sum: u64,
+}
+
+impl Digest {
+    fn term(base: &[u8], value_crc: u32) -> u64 {
+        (u64::from(crc32fast::hash(base)) << 32) | u64::from(value_crc)
+    }
+
+    fn add(&mut self, base: &[u8], value_crc: u32) {
+        self.records = self.records.wrapping_add(1);
+        self.sum = self.sum.wrapping_add(Self::term(base, value_crc));
+    }
+
+    fn remove(&mut self, base: &[u8], value_crc: u32) {
+        self.records = self.records.wrapping_sub(1);
+        self.sum = self.sum.wrapping_sub(Self::term(base, value_crc));
+    }
 }
 
 fn group_prefix(key: &GroupingKey) -> Vec<u8> {
@@ -80,13 +116,28 @@ pub struct StateMachineStore {
     /// lock sees the groups and the applied log id of the same moment.
     applied: Arc<Mutex<Applied>>,
     snapshots: Arc<SnapshotFile>,
+    /// The digest of the family records in the tree (only `apply` and `install` change it).
+    digest: Digest,
+    /// The snapshot file found at open.
+    snapshot_at_open: Option<Identity>,
+    stats: Arc<StorageStats>,
+}
+
+/// Counters of storage conditions that are retried rather than fatal, for the self-metrics.
+#[derive(Debug, Default)]
+pub struct StorageStats {
+    /// Failed attempts to write a snapshot file (built or received); each is retried with
+    /// backoff.
+    pub snapshot_write_failures: std::sync::atomic::AtomicU64,
 }
 
 /// Builds snapshots of a [`StateMachineStore`] (openraft runs it in its own task).
 pub struct SnapshotBuilder {
+    engine: Arc<Engine>,
     store: SharedStore,
     applied: Arc<Mutex<Applied>>,
     snapshots: Arc<SnapshotFile>,
+    stats: Arc<StorageStats>,
 }
 
 impl StateMachineStore {
@@ -94,9 +145,14 @@ impl StateMachineStore {
     /// snapshot is newer than the tree (the tree is then rewritten durably).
     pub(crate) fn open(engine: Arc<Engine>) -> Result<StateMachineStore, StoreError> {
         let tree = engine.tree(SM_TREE)?;
-        let (mut store, mut applied) = load(&tree)?;
-        let (snapshots, on_disk) = SnapshotFile::open(engine.dir())?;
-        if let Some((meta, data)) = on_disk
+        let (mut store, mut applied, mut digest) = load(&tree)?;
+        let (snapshots, on_disk) =
+            SnapshotFile::open(engine.dir()).map_err(|e| StoreError::Damaged {
+                file: crate::snapshot_path(engine.dir()),
+                what: e.to_string(),
+            })?;
+        let snapshot_at_open = on_disk.as_ref().map(|(_, id)| *id);
+        if let Some(((meta, data), _)) = on_disk
             && meta.last_log_id > applied.last_applied
         {
             tracing::info!(
@@ -110,10 +166,11 @@ impl StateMachineStore {
                 last_applied: meta.last_log_id,
                 last_membership: meta.last_membership.clone(),
             };
-            let batch = rewrite_batch(&tree, &store, &applied)?;
+            let (batch, d) = rewrite_batch(&tree, &store, &applied)?;
             tree.apply_batch(batch)
                 .map_err(StoreError::sled("restore state machine from snapshot"))?;
             engine.sync_blocking()?;
+            digest = d;
         }
         Ok(StateMachineStore {
             engine,
@@ -121,7 +178,20 @@ impl StateMachineStore {
             store: Arc::new(RwLock::new(store)),
             applied: Arc::new(Mutex::new(applied)),
             snapshots: Arc::new(snapshots),
+            digest,
+            snapshot_at_open,
+            stats: Arc::default(),
         })
+    }
+
+    /// The snapshot file found at open (its last log index and file CRC), if any.
+    pub(crate) fn snapshot_at_open(&self) -> Option<Identity> {
+        self.snapshot_at_open
+    }
+
+    /// Counters of retried storage conditions, for the self-metrics.
+    pub fn stats(&self) -> Arc<StorageStats> {
+        self.stats.clone()
     }
 
     /// Index of the last log entry applied to the state machine (0 when none).
@@ -172,15 +242,17 @@ impl StateMachineStore {
             MetaRecord {
                 applied: next,
                 clock_ns: store.clock_ns(),
+                digest: self.digest,
             }
         };
-        let batch = {
+        let (batch, digest) = {
             let store = read_lock(&self.store)?;
-            changes.into_batch(&self.tree, &store, &record)?
+            changes.into_batch(&self.tree, &store, record)?
         };
         self.tree
             .apply_batch(batch)
             .map_err(StoreError::sled("apply to state machine"))?;
+        self.digest = digest;
         crate::crash_point!("pgw-store::sm::after-apply");
         Ok(responses)
     }
@@ -195,13 +267,14 @@ impl StateMachineStore {
         // The snapshot file first: if we crash before the tree is rewritten, `open` restores
         // from the file. The other order could leave a tree ahead of an older snapshot after
         // the log was purged up to the tree.
-        self.snapshots.persist(meta, data).await?;
+        persist_retrying(&self.engine, &self.snapshots, &self.stats, meta, data).await?;
         crate::crash_point!("pgw-store::snapshot::install-before-tree");
-        let batch = rewrite_batch(&self.tree, &store, &applied)?;
+        let (batch, digest) = rewrite_batch(&self.tree, &store, &applied)?;
         self.tree
             .apply_batch(batch)
             .map_err(StoreError::sled("install snapshot into state machine"))?;
-        self.engine.sync().await?;
+        self.engine.sync_and_mark(|_| {}).await?;
+        self.digest = digest;
         let old = {
             let mut current = write_lock(&self.store)?;
             *lock_applied(&self.applied)? = applied;
@@ -214,27 +287,89 @@ impl StateMachineStore {
 
     fn builder(&self) -> SnapshotBuilder {
         SnapshotBuilder {
+            engine: self.engine.clone(),
             store: self.store.clone(),
             applied: self.applied.clone(),
             snapshots: self.snapshots.clone(),
+            stats: self.stats.clone(),
         }
     }
 }
 
-/// Reads the groups and the applied state from the tree.
-fn load(tree: &Tree) -> Result<(GroupStore, Applied), StoreError> {
-    let (applied, clock_ns) = match tree
+/// Makes `(meta, data)` the durable snapshot and records its identity in the marker. A failed
+/// write (a full disk, no file descriptor left) is retried with backoff, up to about a minute,
+/// and counted; only a write that keeps failing is returned as an error (openraft then stops,
+/// and the node exits for its supervisor).
+async fn persist_retrying(
+    engine: &Arc<Engine>,
+    snapshots: &SnapshotFile,
+    stats: &StorageStats,
+    meta: &Meta,
+    data: Vec<u8>,
+) -> Result<Vec<u8>, StoreError> {
+    const ATTEMPTS: u32 = 8;
+    let mut delay = std::time::Duration::from_millis(250);
+    let mut data = data;
+    for attempt in 1..=ATTEMPTS {
+        match snapshots.persist(meta, data).await {
+            Ok((back, identity)) => {
+                if let Some(id) = identity {
+                    engine
+                        .mark(move |m| m.snapshot = Some((id.index, id.crc)))
+                        .await?;
+                }
+                return Ok(back);
+            }
+            Err((e, back)) => {
+                let Some(back) = back else {
+                    return Err(e);
+                };
+                data = back;
+                stats
+                    .snapshot_write_failures
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if attempt == ATTEMPTS {
+                    return Err(e);
+                }
+                tracing::warn!(
+                    error = %e,
+                    attempt,
+                    retry_in = ?delay,
+                    snapshot = %meta,
+                    "writing the snapshot file failed; retrying (see docs/operations.md, \
+                     \"Snapshot write failures\")"
+                );
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(std::time::Duration::from_secs(15));
+            }
+        }
+    }
+    Err(StoreError::Corrupt(
+        "unreachable: no snapshot attempt".into(),
+    ))
+}
+
+/// Reads the groups and the applied state from the tree, and checks the family records
+/// against the digest of the meta record.
+fn load(tree: &Tree) -> Result<(GroupStore, Applied, Digest), StoreError> {
+    let (applied, clock_ns, expected) = match tree
         .get(META)
         .map_err(StoreError::sled("read state-machine meta"))?
     {
+        Some(v) if v.first() == Some(&codec::FORMAT_V1) => {
+            let rec: MetaRecordV1 = codec::decode("state-machine meta", &v)?;
+            (rec.applied, rec.clock_ns, None)
+        }
         Some(v) => {
             let rec: MetaRecord = codec::decode("state-machine meta", &v)?;
-            (rec.applied, rec.clock_ns)
+            (rec.applied, rec.clock_ns, Some(rec.digest))
         }
-        None => (Applied::default(), 0),
+        None => (Applied::default(), 0, Some(Digest::default())),
     };
     let mut families = Vec::new();
+    let mut digest = Digest::default();
     for (base, value) in chunk::assemble(tree.scan_prefix([FAMILY]))? {
+        digest.add(&base, crc32fast::hash(&value));
         let (key, name) = GroupingKey::decode_prefix(&base[1..])
             .map_err(|e| StoreError::Corrupt(format!("family key {base:02x?}: {e}")))?;
         let name = String::from_utf8(name.to_vec())
@@ -243,31 +378,48 @@ fn load(tree: &Tree) -> Result<(GroupStore, Applied), StoreError> {
             .map_err(|e| StoreError::Corrupt(format!("family {name} of {key:?}: {e}")))?;
         families.push((key, name, sf));
     }
+    if let Some(expected) = expected
+        && expected != digest
+    {
+        return Err(StoreError::Corrupt(format!(
+            "the state-machine tree holds {} family records that do not add up to the {} \
+             recorded with its last applied entry ({:?}): records are missing or were altered",
+            digest.records, expected.records, applied.last_applied
+        )));
+    }
     let store = if families.is_empty() && clock_ns == 0 {
         GroupStore::new()
     } else {
         GroupStore::restore(clock_ns, families)
     };
-    Ok((store, applied))
+    Ok((store, applied, digest))
 }
 
-/// A batch that replaces the whole tree with `store` and `applied`.
-fn rewrite_batch(tree: &Tree, store: &GroupStore, applied: &Applied) -> Result<Batch, StoreError> {
+/// A batch that replaces the whole tree with `store` and `applied`, and the new digest.
+fn rewrite_batch(
+    tree: &Tree,
+    store: &GroupStore,
+    applied: &Applied,
+) -> Result<(Batch, Digest), StoreError> {
     let mut batch = Batch::default();
     for k in tree.iter().keys() {
         batch.remove(k.map_err(StoreError::sled("scan state machine"))?);
     }
+    let mut digest = Digest::default();
     for (key, group) in store.groups() {
         for (name, sf) in &group.families {
-            chunk::put(&mut batch, &family_base(key, name), &encode_family(sf), 0)?;
+            let base = family_base(key, name);
+            let crc = chunk::put(&mut batch, &base, &encode_family(sf), 0)?;
+            digest.add(&base, crc);
         }
     }
     let record = MetaRecord {
         applied: applied.clone(),
         clock_ns: store.clock_ns(),
+        digest,
     };
     batch.insert(META, codec::encode("state-machine meta", &record)?);
-    Ok(batch)
+    Ok((batch, digest))
 }
 
 /// What one `apply` call changed, coalesced so that the batch writes each key's final value.
@@ -315,44 +467,72 @@ impl Changes {
         }
     }
 
-    /// The sled batch: deletions of removed groups as stored in the tree, then the final
-    /// value (from memory) of every touched family, then the meta record. A later write to the
-    /// same key in a `Batch` replaces an earlier removal.
+    /// The sled batch (deletions of removed groups as stored in the tree, then the final
+    /// value, from memory, of every touched family, then the meta record) and the digest of
+    /// the tree after it. A later write to the same key in a `Batch` replaces an earlier
+    /// removal. `record.digest` is the digest before this batch.
     fn into_batch(
         self,
         tree: &Tree,
         store: &GroupStore,
-        record: &MetaRecord,
-    ) -> Result<Batch, StoreError> {
+        mut record: MetaRecord,
+    ) -> Result<(Batch, Digest), StoreError> {
         let mut batch = Batch::default();
+        let mut digest = record.digest;
+        // Every family record this batch may change, with its header as stored (each once,
+        // so that the digest loses each old record exactly once).
+        let mut old: BTreeMap<Vec<u8>, Option<chunk::Header>> = BTreeMap::new();
         let prefixes: Vec<Vec<u8>> = if self.wiped {
             vec![vec![FAMILY]]
         } else {
             self.removed.iter().map(group_prefix).collect()
         };
         for prefix in prefixes {
-            for k in tree.scan_prefix(prefix).keys() {
-                batch.remove(k.map_err(StoreError::sled("scan state machine"))?);
+            for item in tree.scan_prefix(prefix) {
+                let (k, v) = item.map_err(StoreError::sled("scan state machine"))?;
+                if let Some((base, &[0, 0, 0, 0])) = k.split_last_chunk::<4>() {
+                    old.insert(base.to_vec(), Some(chunk::header(&v)?.0));
+                }
+                batch.remove(k);
             }
         }
+        let mut finals: BTreeMap<Vec<u8>, (GroupingKey, String)> = self.touched;
         if self.replaced {
-            // Every stored family was removed above; write the final store whole. Touched
-            // families below are written again with the same final value (or removed).
+            // Every stored family was removed above; write the final store whole.
             for (key, group) in store.groups() {
-                for (name, sf) in &group.families {
-                    chunk::put(&mut batch, &family_base(key, name), &encode_family(sf), 0)?;
+                for name in group.families.keys() {
+                    finals.insert(family_base(key, name), (key.clone(), name.clone()));
                 }
             }
         }
-        for (base, (key, name)) in self.touched {
-            let old = chunk::stored_count(tree, &base)?;
-            match store.get(&key).and_then(|g| g.families.get(&name)) {
-                Some(sf) => chunk::put(&mut batch, &base, &encode_family(sf), old)?,
-                None => chunk::remove(&mut batch, &base, old),
+        for base in finals.keys() {
+            if !old.contains_key(base) {
+                old.insert(base.clone(), chunk::stored_header(tree, base)?);
             }
         }
-        batch.insert(META, codec::encode("state-machine meta", record)?);
-        Ok(batch)
+        for (base, header) in &old {
+            if let Some(h) = header {
+                // A record written before checksums carries none: read its value's CRC.
+                let crc = match h.crc {
+                    Some(crc) => crc,
+                    None => chunk::get(tree, base)?.map_or(0, |v| crc32fast::hash(&v)),
+                };
+                digest.remove(base, crc);
+            }
+        }
+        for (base, (key, name)) in finals {
+            let count = old.get(&base).copied().flatten().map_or(0, |h| h.count);
+            match store.get(&key).and_then(|g| g.families.get(&name)) {
+                Some(sf) => {
+                    let crc = chunk::put(&mut batch, &base, &encode_family(sf), count)?;
+                    digest.add(&base, crc);
+                }
+                None => chunk::remove(&mut batch, &base, count),
+            }
+        }
+        record.digest = digest;
+        batch.insert(META, codec::encode("state-machine meta", &record)?);
+        Ok((batch, digest))
     }
 }
 
@@ -438,7 +618,8 @@ impl SnapshotBuilder {
             last_membership: applied.last_membership,
             snapshot_id,
         };
-        let data = self.snapshots.persist(&meta, data).await?;
+        let data =
+            persist_retrying(&self.engine, &self.snapshots, &self.stats, &meta, data).await?;
         Ok(Snapshot {
             meta,
             snapshot: Box::new(Cursor::new(data)),

@@ -50,6 +50,8 @@ pub(crate) struct App {
     pub(crate) clock: Arc<dyn crate::Clock>,
     /// Group commit of writes ([`batch`]).
     pub(crate) writes: batch::Batcher,
+    /// The reloadable parts and the outcome of the last reload (SIGHUP).
+    pub(crate) reloads: Arc<crate::reload::Reloads>,
     main: Table<MainRoute>,
     api: Table<api::ApiRoute>,
     /// `<prefix>/api/v1`.
@@ -79,6 +81,7 @@ impl App {
         metrics: SelfMetrics,
         quit: watch::Sender<bool>,
         clock: Arc<dyn crate::Clock>,
+        reloads: Arc<crate::reload::Reloads>,
     ) -> Self {
         let p = settings.route_prefix.clone();
         let mut main = Table::default();
@@ -134,6 +137,7 @@ impl App {
             start_time_ns: crate::timefmt::unix_nanos(clock.now()),
             quit,
             clock,
+            reloads,
             main,
             api,
         }
@@ -267,10 +271,7 @@ async fn handle(
                 (r, Some(i))
             }
         }
-        MainRoute::Healthy => (
-            resp::plain(StatusCode::OK, "OK"),
-            Instrument::handler("healthy"),
-        ),
+        MainRoute::Healthy => (healthy(app), Instrument::handler("healthy")),
         MainRoute::Ready => (ready(app, parts), Instrument::handler("ready")),
         MainRoute::Telemetry => (scrape::telemetry(app, parts).await, None),
         MainRoute::SelfMetrics => (scrape::self_metrics(app, parts).await, None),
@@ -293,13 +294,33 @@ async fn handle(
 /// How many committed entries a node may still have to apply and count as caught up.
 pub const READY_MAX_LAG: u64 = 100;
 
-/// `/-/ready`: 200 `OK` (as upstream) when this node knows a Raft leader and has applied the
-/// leader's commit index (within [`READY_MAX_LAG`] entries), so a load balancer keeps lagging
-/// or cut-off nodes out. Otherwise 503 with each check listed (`[+]leader ok`,
-/// `[-]caught-up failed: ...`); `?verbose` lists them on success too.
+/// `/-/healthy`: 200 `OK` (as upstream) while the node can make progress; 500 once Raft or
+/// its storage stopped for good (the process is then shutting down to exit non-zero, so that
+/// its supervisor restarts it).
+fn healthy(app: &App) -> Response {
+    match app.node.health().fatal() {
+        None => resp::plain(StatusCode::OK, "OK"),
+        Some(why) => resp::plain(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!(
+                "unhealthy: Raft stopped for good ({why}); the node is exiting so that its \
+                 supervisor restarts it\n"
+            ),
+        ),
+    }
+}
+
+/// `/-/ready`: 200 `OK` (as upstream) when this node can serve a write now: it knows a Raft
+/// leader, a leader has heard from a quorum recently (within the quorum timeout, about two
+/// election timeouts), and it has applied the leader's commit index (within [`READY_MAX_LAG`]
+/// entries), so a load balancer keeps lagging, leaderless and cut-off nodes out. Otherwise 503
+/// with each check listed (`[+]leader ok`, `[-]quorum failed: ...`); `?verbose` lists them on
+/// success too.
 fn ready(app: &App, parts: &Parts) -> Response {
     let st = app.node.status();
-    let leader_ok = st.has_leader;
+    let health = app.node.health();
+    let quorum = health.quorum();
+    let leader_ok = st.has_leader && health.fatal().is_none();
     let lag = st.commit_index.saturating_sub(st.applied_index);
     let caught_up = lag <= READY_MAX_LAG;
     let mut body = String::new();
@@ -309,6 +330,20 @@ fn ready(app: &App, parts: &Parts) -> Response {
         body.push_str(
             "[-]leader failed: no Raft leader known (election under way or no quorum reachable)\n",
         );
+    }
+    let quorum_ok = !matches!(quorum, pgw_raft::Quorum::Lost(_));
+    match quorum {
+        pgw_raft::Quorum::NotLeader => {}
+        pgw_raft::Quorum::Contact(age) => body.push_str(&format!(
+            "[+]quorum ok (last quorum contact {}ms ago)\n",
+            age.as_millis()
+        )),
+        pgw_raft::Quorum::Lost(age) => body.push_str(&format!(
+            "[-]quorum failed: last quorum contact {:.1}s ago (more than {:.1}s): this leader \
+             cannot commit writes\n",
+            age.as_secs_f64(),
+            health.quorum_timeout().as_secs_f64()
+        )),
     }
     if caught_up {
         body.push_str(&format!(
@@ -325,7 +360,7 @@ fn ready(app: &App, parts: &Parts) -> Response {
         q.split('&')
             .any(|p| p == "verbose" || p.starts_with("verbose="))
     });
-    if leader_ok && caught_up {
+    if leader_ok && quorum_ok && caught_up {
         if verbose {
             body.push_str("OK");
             return resp::plain(StatusCode::OK, body);

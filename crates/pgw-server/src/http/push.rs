@@ -215,7 +215,9 @@ async fn write(app: &App, cmd: Command, ok: StatusCode, method: &http::Method) -
             tracing::warn!(%method, err = %msg, "pushed metrics are invalid or inconsistent with existing metrics");
             resp::error(StatusCode::BAD_REQUEST, &msg)
         }
-        Err(e @ (WriteError::Unavailable(_) | WriteError::ShuttingDown)) => {
+        Err(
+            e @ (WriteError::Unavailable(_) | WriteError::NoQuorum(_) | WriteError::ShuttingDown),
+        ) => {
             tracing::warn!(err = %e, "write not accepted");
             let mut r = resp::error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string());
             resp::set(&mut r, header::RETRY_AFTER, "1");

@@ -43,6 +43,7 @@ enum Format {
 fn self_families(app: &App) -> Vec<MetricFamily> {
     let mut fams = app.metrics.families();
     fams.extend(crate::metrics::cluster_families(&app.node));
+    fams.extend(crate::metrics::reload_families(&app.reloads));
     fams.sort_by(|a, b| a.name.cmp(&b.name));
     fams
 }

@@ -176,7 +176,11 @@ async fn open_restores_from_newer_snapshot() {
         .build_snapshot()
         .await
         .unwrap();
-    std::fs::copy(a.path().join("snapshot.bin"), b.path().join("snapshot.bin")).unwrap();
+    // What a crash leaves: the snapshot file and the marker that recorded it, with a tree
+    // that never reached disk.
+    for f in ["snapshot.bin", "durable.mark"] {
+        std::fs::copy(a.path().join(f), b.path().join(f)).unwrap();
+    }
     let (_lb, mut smb) = pgw_store::open(b.path()).unwrap();
     assert_eq!(content(&smb.shared()), content(&sma.shared()));
     assert_eq!(
@@ -184,11 +188,18 @@ async fn open_restores_from_newer_snapshot() {
         sma.applied_state().await.unwrap()
     );
     drop((_lb, smb));
-    // The tree was rewritten: the state is there even without the snapshot file.
-    std::fs::remove_file(b.path().join("snapshot.bin")).unwrap();
+    // The tree was rewritten: reopening reads it; and the snapshot file the marker recorded
+    // may not go missing.
     let (_lb, mut smb) = pgw_store::open(b.path()).unwrap();
     assert_eq!(content(&smb.shared()), content(&sma.shared()));
     assert_eq!(smb.applied_state().await.unwrap().0, Some(lid(1, 2)));
+    drop((_lb, smb));
+    std::fs::remove_file(b.path().join("snapshot.bin")).unwrap();
+    let err = pgw_store::open(b.path())
+        .err()
+        .expect("a deleted snapshot is damage");
+    assert!(err.to_string().contains("snapshot.bin"), "{err}");
+    assert!(err.to_string().contains("missing"), "{err}");
 }
 
 /// A corrupt snapshot file is an error, not a panic.
