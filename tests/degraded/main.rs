@@ -403,3 +403,85 @@ async fn damaged_storage_is_refused_or_complete() {
     eprintln!("corruption matrix:\n{}", report.join("\n"));
     assert!(report.len() >= 12, "too few cases ran: {report:?}");
 }
+
+/// A node whose file descriptors run out (a flood of connections against a low limit) while
+/// snapshots are being written either keeps taking writes once the flood is released, or says
+/// it is unhealthy and exits: never a zombie that answers `/-/healthy` 200 but cannot write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fd_exhaustion_during_snapshots_leaves_no_zombie() {
+    use std::os::unix::process::CommandExt;
+    let root = tempfile::TempDir::new().unwrap();
+    let port = support::free_port();
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let log = std::fs::File::create(root.path().join("fd.log")).unwrap();
+    let mut cmd = Command::new(support::pgw_binary());
+    cmd.arg(format!("--web.listen-address={addr}"))
+        .arg(format!(
+            "--storage.path={}",
+            root.path().join("d").display()
+        ))
+        .arg("--raft.snapshot-every=2")
+        .stdout(log.try_clone().unwrap())
+        .stderr(log);
+    // SAFETY: setrlimit(2) between fork and exec touches only the child.
+    unsafe {
+        cmd.pre_exec(|| {
+            let lim = libc::rlimit {
+                rlim_cur: 96,
+                rlim_max: 96,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().unwrap();
+    support::wait_ready(addr, Instant::now() + TIMEOUT).await;
+    // Hold more connections than the node has descriptors, while pushes trigger snapshots.
+    let mut held = Vec::new();
+    for _ in 0..150 {
+        match tokio::net::TcpStream::connect(addr).await {
+            Ok(s) => held.push(s),
+            Err(_) => break,
+        }
+    }
+    for i in 0..10 {
+        let _ = tokio::time::timeout(
+            Duration::from_secs(2),
+            support::put(addr, &format!("/metrics/job/fd/i/{i}"), "m 1\n"),
+        )
+        .await;
+    }
+    drop(held);
+    let verdict = wait_for(
+        "the node takes writes again, or exits unhealthy",
+        TIMEOUT,
+        || {
+            let exited = child.try_wait().ok().flatten();
+            async move {
+                if let Some(status) = exited {
+                    return if status.success() {
+                        Err(format!("exited with success after fd exhaustion: {status}"))
+                    } else {
+                        Ok(format!("exited {status}"))
+                    };
+                }
+                let healthy = get(addr, "/-/healthy", Duration::from_secs(2)).await;
+                match support::put(addr, "/metrics/job/fd/i/after", "m 2\n").await {
+                    Ok(200) => Ok("takes writes".to_string()),
+                    other => match healthy {
+                        Ok(h) if h.status == 200 => {
+                            Err(format!("healthy but the push answered {other:?}"))
+                        }
+                        h => Ok(format!("unhealthy ({:?})", h.map(|h| h.status))),
+                    },
+                }
+            }
+        },
+    )
+    .await;
+    eprintln!("after fd exhaustion: {verdict}");
+    let _ = child.kill();
+    let _ = child.wait();
+}

@@ -29,6 +29,19 @@
 //! |---|---|
 //! | `db`, `conf`, `blobs/`, `snap.*` | sled 0.34.7 |
 //! | `snapshot.bin` | the last durable snapshot (see below) |
+//! | `durable.mark` | the durability marker: last durable log index, vote and snapshot identity, rewritten after every sync (`marker` module) |
+//!
+//! # Integrity (design invariant 11)
+//!
+//! Every record carries a checksum: chunked values (log entries, families) a CRC-32 of the
+//! whole value in chunk 0's header; the other records (vote, committed, purged, state-machine
+//! meta) format 2 of the record codec (`2 ‖ CRC-32 ‖ postcard`); `snapshot.bin` a trailing
+//! CRC-32. The state-machine meta record also holds a digest of all family records, updated by
+//! every apply in the same atomic batch. [`open`] reads and checks everything and refuses to
+//! start ([`StoreError::Damaged`]) on a checksum mismatch, a gap in the log, records that do not
+//! add up to the digest, a log, vote or snapshot behind what `durable.mark` recorded, or a
+//! missing marker beside a Raft state. Records written before checksums (format 1) are still
+//! read. Cost: one extra `fdatasync` of the marker per log sync (docs/performance.md).
 //!
 //! Tree `raft_log` (keys big-endian, so byte order is log order):
 //!
@@ -57,8 +70,9 @@
 //! and written in one batch. The maximum push size is enforced by the HTTP layer, not here.
 //!
 //! `snapshot.bin`: version byte ‖ u64 BE length ‖ postcard(`SnapshotMeta`) ‖ u64 BE length ‖
-//! [`pgw_core::GroupStore::encode_snapshot`] bytes. Written to `snapshot.bin.tmp`, fsynced,
-//! renamed over `snapshot.bin`, then the directory is fsynced.
+//! [`pgw_core::GroupStore::encode_snapshot`] bytes ‖ CRC-32 of all before. Written to
+//! `snapshot.bin.tmp`, fsynced, renamed over `snapshot.bin`, then the directory is fsynced;
+//! then its identity (last index, file CRC) goes into `durable.mark`.
 //!
 //! Unreadable or invalid persisted data (unknown version byte, truncated chunk, bad postcard)
 //! is reported as a `StorageError` (from the traits) or a [`StoreError`] (from [`open`]),
