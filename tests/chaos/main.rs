@@ -233,6 +233,7 @@ fn partition_leader() {
             let cut_at = Instant::now();
             c.isolate(old).await;
             let t = load.now_ms();
+            cut_off_leader_says_so(c.node(old).http, cut_at).await;
             let others: Vec<u64> = (1..=3).filter(|i| *i != old).collect();
             let new = wait_new_leader(&mut c, &others, old).await;
             let gap = load.wait_ack_after(t).await;
@@ -280,6 +281,34 @@ fn partition_leader() {
         };
         finish("partition_leader", started, &mut c, &mut load, timings).await;
     });
+}
+
+/// A leader cut off from the majority is unready within 3 s of the cut (its quorum check fails,
+/// or it stepped down and knows no leader) and answers a push 503 with `Retry-After` within
+/// 2 s, instead of holding it for the whole write timeout.
+async fn cut_off_leader_says_so(addr: std::net::SocketAddr, cut_at: Instant) {
+    let r = support::wait_for("the cut-off leader's /-/ready turns 503", WAIT, || async move {
+        match support::get(addr, "/-/ready", Duration::from_secs(1)).await {
+            Ok(r) if r.status == 503 => Ok(r),
+            Ok(r) => Err(format!("status {}", r.status)),
+            Err(e) => Err(e),
+        }
+    })
+    .await;
+    let took = cut_at.elapsed();
+    assert!(
+        took < Duration::from_secs(3),
+        "the cut-off leader turned unready only after {took:?}: {}",
+        r.text()
+    );
+    let pushed = Instant::now();
+    let r = support::request(addr, "PUT", "/metrics/job/cut_off", &[], b"m 1\n", WAIT)
+        .await
+        .expect("the cut-off leader answers");
+    let took = pushed.elapsed();
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert_eq!(r.header("retry-after"), Some("1"));
+    assert!(took < Duration::from_secs(2), "a push to the cut-off leader took {took:?}");
 }
 
 /// A rolling restart with SIGTERM: every node in turn exits gracefully (status 0) and comes
