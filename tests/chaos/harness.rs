@@ -480,6 +480,8 @@ pub fn common_args(snapshot_every: u64) -> Vec<String> {
         format!("--cluster.write-timeout={}s", WRITE_TIMEOUT.as_secs()),
         format!("--raft.snapshot-every={snapshot_every}"),
         "--log.level=info".into(),
+        // The scenarios stop nodes on purpose; the drain is tested behind a load balancer.
+        "--web.shutdown-drain=0s".into(),
     ]
 }
 

@@ -287,13 +287,17 @@ fn partition_leader() {
 /// or it stepped down and knows no leader) and answers a push 503 with `Retry-After` within
 /// 2 s, instead of holding it for the whole write timeout.
 async fn cut_off_leader_says_so(addr: std::net::SocketAddr, cut_at: Instant) {
-    let r = support::wait_for("the cut-off leader's /-/ready turns 503", WAIT, || async move {
-        match support::get(addr, "/-/ready", Duration::from_secs(1)).await {
-            Ok(r) if r.status == 503 => Ok(r),
-            Ok(r) => Err(format!("status {}", r.status)),
-            Err(e) => Err(e),
-        }
-    })
+    let r = support::wait_for(
+        "the cut-off leader's /-/ready turns 503",
+        WAIT,
+        || async move {
+            match support::get(addr, "/-/ready", Duration::from_secs(1)).await {
+                Ok(r) if r.status == 503 => Ok(r),
+                Ok(r) => Err(format!("status {}", r.status)),
+                Err(e) => Err(e),
+            }
+        },
+    )
     .await;
     let took = cut_at.elapsed();
     assert!(
@@ -308,7 +312,10 @@ async fn cut_off_leader_says_so(addr: std::net::SocketAddr, cut_at: Instant) {
     let took = pushed.elapsed();
     assert_eq!(r.status, 503, "{}", r.text());
     assert_eq!(r.header("retry-after"), Some("1"));
-    assert!(took < Duration::from_secs(2), "a push to the cut-off leader took {took:?}");
+    assert!(
+        took < Duration::from_secs(2),
+        "a push to the cut-off leader took {took:?}"
+    );
 }
 
 /// A rolling restart with SIGTERM: every node in turn exits gracefully (status 0) and comes

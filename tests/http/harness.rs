@@ -41,6 +41,9 @@ impl Server {
         let dir = tempfile::tempdir().expect("tempdir");
         let storage = format!("--storage.path={}", dir.path().join("data").display());
         let mut all = vec![storage.as_str()];
+        if !args.iter().any(|a| a.starts_with("--web.shutdown-drain")) {
+            all.push("--web.shutdown-drain=0s");
+        }
         all.extend_from_slice(args);
         let config = config(&all);
         let prefix =

@@ -194,6 +194,14 @@ impl Proc {
                 for a in pgw_extra_args() {
                     c.arg(a);
                 }
+                // No drain on SIGTERM unless the test asks for one: tests stop nodes often.
+                if !self
+                    .extra_args
+                    .iter()
+                    .any(|a| a.starts_with("--web.shutdown-drain"))
+                {
+                    c.arg("--web.shutdown-drain=0s");
+                }
                 c
             }
         };

@@ -199,15 +199,20 @@ where
         clock,
         reloads,
     ));
-    let router = axum::Router::new().fallback(http::dispatch).with_state(app);
+    let router = axum::Router::new()
+        .fallback(http::dispatch)
+        .with_state(app.clone());
     let failed = Arc::new(std::sync::Mutex::new(None::<String>));
     let signal = {
         let node = node.clone();
         let failed = failed.clone();
         async move {
-            tokio::select! {
-                () = shutdown => tracing::info!("shutdown requested; exiting gracefully..."),
-                _ = quit_rx.wait_for(|q| *q) => {}
+            let drain = tokio::select! {
+                () = shutdown => {
+                    tracing::info!("shutdown requested; exiting gracefully...");
+                    true
+                }
+                _ = quit_rx.wait_for(|q| *q) => true,
                 why = node.health().wait_fatal() => {
                     tracing::error!(
                         reason = %why,
@@ -216,8 +221,28 @@ where
                          restarts it (see docs/operations.md, \"Raft stopped\")"
                     );
                     *failed.lock().unwrap_or_else(|p| p.into_inner()) = Some(why);
+                    false
+                }
+            };
+            let period = app.settings.shutdown_drain;
+            if drain && !period.is_zero() {
+                app.draining
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
+                tracing::info!(
+                    drain = ?period,
+                    "draining: /-/ready answers 503 so that load balancers stop sending \
+                     requests; still serving until the drain ends (a second SIGTERM stops at \
+                     once)"
+                );
+                tokio::select! {
+                    () = tokio::time::sleep(period) => {}
+                    // A node that fails while draining stops at once.
+                    why = node.health().wait_fatal() => {
+                        *failed.lock().unwrap_or_else(|p| p.into_inner()) = Some(why);
+                    }
                 }
             }
+            tracing::info!("no longer accepting connections; finishing requests in flight");
         }
     };
     let served = axum::serve(listener, router)

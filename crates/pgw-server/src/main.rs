@@ -27,7 +27,16 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match pgw_server::run_with_reload(config, listener, signal(), reload).await {
+    let shutdown = async {
+        signal().await;
+        // The first signal drains and stops gracefully; a second one stops at once.
+        tokio::spawn(async {
+            signal().await;
+            tracing::warn!("second termination signal: stopping at once");
+            std::process::exit(1);
+        });
+    };
+    match pgw_server::run_with_reload(config, listener, shutdown, reload).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(err = format!("{e:#}"), "pgw stopped with an error");

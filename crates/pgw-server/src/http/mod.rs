@@ -52,6 +52,8 @@ pub(crate) struct App {
     pub(crate) writes: batch::Batcher,
     /// The reloadable parts and the outcome of the last reload (SIGHUP).
     pub(crate) reloads: Arc<crate::reload::Reloads>,
+    /// Set once a shutdown began: `/-/ready` answers 503 while the node drains.
+    pub(crate) draining: std::sync::atomic::AtomicBool,
     main: Table<MainRoute>,
     api: Table<api::ApiRoute>,
     /// `<prefix>/api/v1`.
@@ -138,6 +140,7 @@ impl App {
             quit,
             clock,
             reloads,
+            draining: std::sync::atomic::AtomicBool::new(false),
             main,
             api,
         }
@@ -323,7 +326,14 @@ fn ready(app: &App, parts: &Parts) -> Response {
     let leader_ok = st.has_leader && health.fatal().is_none();
     let lag = st.commit_index.saturating_sub(st.applied_index);
     let caught_up = lag <= READY_MAX_LAG;
+    let draining = app.draining.load(std::sync::atomic::Ordering::Relaxed);
     let mut body = String::new();
+    if draining {
+        body.push_str(
+            "[-]shutdown failed: the node is shutting down (draining: still serving, but take \
+             it out of rotation)\n",
+        );
+    }
     if leader_ok {
         body.push_str(&format!("[+]leader ok (node {})\n", st.leader.unwrap_or(0)));
     } else {
@@ -360,7 +370,7 @@ fn ready(app: &App, parts: &Parts) -> Response {
         q.split('&')
             .any(|p| p == "verbose" || p.starts_with("verbose="))
     });
-    if leader_ok && quorum_ok && caught_up {
+    if leader_ok && quorum_ok && caught_up && !draining {
         if verbose {
             body.push_str("OK");
             return resp::plain(StatusCode::OK, body);
