@@ -99,6 +99,9 @@ pub struct Proc {
     child: Option<Child>,
     /// Set by [`Proc::keep_log_quiet`]: do not dump the log when dropped while panicking.
     quiet: bool,
+    /// Set by [`Proc::pin_port`]: restarts listen on this HTTP port again (a load balancer
+    /// in front knows the node by it).
+    pinned_port: Option<u16>,
     /// The path polled until it answers 200 after a (re)start: `/-/ready` unless started
     /// with [`Proc::start_server_live`].
     ready_path: &'static str,
@@ -169,6 +172,7 @@ impl Proc {
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
             child: None,
             quiet: false,
+            pinned_port: None,
             ready_path,
         };
         p.try_launch().await?;
@@ -223,7 +227,7 @@ impl Proc {
         assert!(self.child.is_none(), "{}: already running", self.name);
         const ATTEMPTS: usize = 5;
         for attempt in 1..=ATTEMPTS {
-            let port = free_port();
+            let port = self.pinned_port.unwrap_or_else(free_port);
             let log = File::options()
                 .create(true)
                 .append(true)
@@ -253,6 +257,9 @@ impl Proc {
                         || log.contains("Address already in use")
                         || log.contains("AddrInUse");
                     if bind_failure && attempt < ATTEMPTS {
+                        if self.pinned_port.is_some() {
+                            tokio::time::sleep(Duration::from_millis(200)).await;
+                        }
                         eprintln!(
                             "{}: port {port} was taken ({status}); retrying on a fresh port",
                             self.name
@@ -346,8 +353,14 @@ impl Proc {
         }
     }
 
-    /// Starts the process again on the same data directory (on a fresh port) and waits
-    /// until it is ready.
+    /// Makes every later (re)start listen on the current HTTP port again, as a node behind
+    /// a load balancer must (a start that loses the port race retries the same port).
+    pub fn pin_port(&mut self) {
+        self.pinned_port = Some(self.addr.port());
+    }
+
+    /// Starts the process again on the same data directory (on a fresh port, unless pinned)
+    /// and waits until it is ready.
     pub async fn restart(&mut self) {
         self.kill9();
         self.launch().await;
@@ -793,4 +806,123 @@ pub async fn join_all<F: std::future::Future + Unpin>(mut futures: Vec<F>) -> Ve
     })
     .await;
     results.into_iter().flatten().collect()
+}
+
+/// A load balancer process we started (Debian's HAProxy or nginx) in front of pgw nodes,
+/// listening on `addr`; killed when dropped.
+pub struct Balancer {
+    pub addr: SocketAddr,
+    pub log_path: PathBuf,
+    child: Child,
+}
+
+impl Drop for Balancer {
+    /// SIGTERM (nginx's master then stops its workers; SIGKILL would orphan them), SIGKILL
+    /// after 5 s.
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on the PID of a child we spawned and have not reaped.
+        unsafe {
+            libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The repository's file `rel` (e.g. `deploy/haproxy/haproxy.cfg`).
+pub fn repo_file(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(rel)
+}
+
+/// The shipped config `text` with its example node addresses (`10.0.0.N:9091`) replaced by
+/// `nodes` and its listen port 9091 replaced by `port` on 127.0.0.1.
+fn localise(text: &str, nodes: &[SocketAddr], listen_from: &str, listen_to: &str) -> String {
+    let mut out = text.replace(listen_from, listen_to);
+    for (i, n) in nodes.iter().enumerate() {
+        out = out.replace(&format!("10.0.0.{}:9091", i + 1), &n.to_string());
+    }
+    assert!(!out.contains("10.0.0."), "the config names more example nodes than given");
+    out
+}
+
+impl Balancer {
+    /// Starts HAProxy with the repository's `deploy/haproxy/haproxy.cfg`, pointed at `nodes`
+    /// (the example addresses replaced), listening on a fresh loopback port; waits until it
+    /// accepts connections.
+    pub async fn haproxy(nodes: &[SocketAddr], dir: &Path) -> Balancer {
+        let text = std::fs::read_to_string(repo_file("deploy/haproxy/haproxy.cfg"))
+            .expect("read deploy/haproxy/haproxy.cfg");
+        let port = free_port();
+        let cfg = localise(&text, nodes, "bind :9091", &format!("bind 127.0.0.1:{port}"));
+        let path = dir.join("haproxy.cfg");
+        std::fs::write(&path, cfg).expect("write haproxy.cfg");
+        let mut cmd = Command::new("haproxy");
+        cmd.arg("-db").arg("-f").arg(&path);
+        Balancer::spawn(cmd, port, dir.join("haproxy.log")).await
+    }
+
+    /// Starts nginx with the repository's `deploy/nginx/pgw.conf` (in a minimal main config
+    /// with its own prefix), pointed at `nodes`, on a fresh loopback port.
+    pub async fn nginx(nodes: &[SocketAddr], dir: &Path) -> Balancer {
+        let text = std::fs::read_to_string(repo_file("deploy/nginx/pgw.conf"))
+            .expect("read deploy/nginx/pgw.conf");
+        let port = free_port();
+        let site = localise(&text, nodes, "listen 9091;", &format!("listen 127.0.0.1:{port};"));
+        let prefix = dir.join("nginx");
+        std::fs::create_dir_all(prefix.join("logs")).expect("nginx prefix");
+        std::fs::write(prefix.join("pgw.conf"), site).expect("write pgw.conf");
+        let main = format!(
+            "pid {p}/nginx.pid;\nerror_log {p}/logs/error.log notice;\nevents {{}}\nhttp {{\n    \
+             access_log off;\n    client_body_temp_path {p}/body;\n    proxy_temp_path {p}/proxy;\n    \
+             include {p}/pgw.conf;\n}}\n",
+            p = prefix.display()
+        );
+        let conf = prefix.join("nginx.conf");
+        std::fs::write(&conf, main).expect("write nginx.conf");
+        let mut cmd = Command::new("nginx");
+        cmd.arg("-p")
+            .arg(&prefix)
+            .arg("-c")
+            .arg(&conf)
+            .arg("-g")
+            .arg("daemon off;");
+        Balancer::spawn(cmd, port, dir.join("nginx.log")).await
+    }
+
+    async fn spawn(mut cmd: Command, port: u16, log_path: PathBuf) -> Balancer {
+        let log = File::create(&log_path).expect("balancer log");
+        cmd.stdin(Stdio::null())
+            .stdout(log.try_clone().expect("clone log fd"))
+            .stderr(log);
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {cmd:?}: {e} (apt-get install haproxy nginx)"));
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let mut b = Balancer {
+            addr,
+            log_path,
+            child,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(Some(status)) = b.child.try_wait() {
+                panic!(
+                    "the balancer exited with {status}: {}",
+                    std::fs::read_to_string(&b.log_path).unwrap_or_default()
+                );
+            }
+            if TcpStream::connect(addr).await.is_ok() {
+                return b;
+            }
+            assert!(Instant::now() < deadline, "the balancer did not listen on {addr}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
 }
