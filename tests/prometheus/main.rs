@@ -1,6 +1,7 @@
 //! The real Prometheus server (Debian package `prometheus`) scrapes a 3-node pgw cluster
 //! the way deploy/prometheus/prometheus.yml shows: every replica, `honor_labels: true`, a
-//! `replica` label per target, deduplicated at query time. Also checks that file with
+//! `replica` label per target, deduplicated at query time, while clients push through a load
+//! balancer (Debian's HAProxy with deploy/haproxy/haproxy.cfg). Also checks that file with
 //! `promtool`.
 
 #[path = "../support/mod.rs"]
@@ -123,6 +124,19 @@ async fn prometheus_scrapes_every_replica_and_deduplicates() {
         .expect("start prometheus");
     let _prom = Server(child);
 
+    // Clients push through HAProxy only; Prometheus scrapes the nodes at their own addresses.
+    let addrs: Vec<SocketAddr> = c.nodes.iter().map(|n| n.addr).collect();
+    let lb = support::Balancer::haproxy(&addrs, c.root.path()).await;
+    const LB_GROUPS: usize = 30;
+    for g in 0..LB_GROUPS {
+        let body = format!("lb_pushed{{n=\"{g}\"}} {g}\n");
+        let path = format!("/metrics/job/through_lb/instance/i{g}");
+        let r = request(lb.addr, "PUT", &path, &[], body.as_bytes(), TIMEOUT)
+            .await
+            .unwrap();
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+
     // Every replica is scraped and serves the pushed series with the pushed job/instance.
     let series = wait_for(
         "the series scraped from all 3 replicas",
@@ -152,6 +166,29 @@ async fn prometheus_scrapes_every_replica_and_deduplicates() {
         .unwrap();
     assert_eq!(dedup.as_array().map(Vec::len), Some(1), "{dedup}");
     assert_eq!(dedup[0]["value"][1], "42");
+    // What went through the balancer: scraped from every replica, deduplicated to exactly
+    // what was pushed.
+    let dedup = wait_for(
+        "every group pushed through HAProxy scraped from all 3 replicas",
+        TIMEOUT,
+        || async move {
+            let all = query(prom_addr, "count(lb_pushed)").await?;
+            if all[0]["value"][1] == (3 * LB_GROUPS).to_string() {
+                query(prom_addr, "max without (replica) (lb_pushed)").await
+            } else {
+                Err(format!("{all}"))
+            }
+        },
+    )
+    .await;
+    let series = dedup.as_array().cloned().unwrap_or_default();
+    assert_eq!(series.len(), LB_GROUPS, "{dedup}");
+    for s in &series {
+        assert_eq!(s["metric"]["job"], "through_lb", "{s}");
+        let n = s["metric"]["n"].as_str().unwrap_or_default();
+        assert_eq!(s["metric"]["instance"], format!("i{n}"), "{s}");
+        assert_eq!(s["value"][1], n, "{s}");
+    }
     // push_time_seconds is the same on every replica (stamped once, replicated as data).
     let spread = wait_for(
         "push_time_seconds scraped from all replicas",
