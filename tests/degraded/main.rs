@@ -187,7 +187,7 @@ async fn sighup_under_load_loses_nothing() {
 
 /// The output of a `pgw` run to completion (a start that must fail).
 fn run_pgw(dir: &Path, extra: &[&str]) -> std::process::Output {
-    let out = Command::new(support::pgw_binary())
+    Command::new(support::pgw_binary())
         .arg(format!(
             "--web.listen-address=127.0.0.1:{}",
             support::free_port()
@@ -196,8 +196,7 @@ fn run_pgw(dir: &Path, extra: &[&str]) -> std::process::Output {
         .args(extra)
         .env("RUST_BACKTRACE", "1")
         .output()
-        .expect("run pgw");
-    out
+        .expect("run pgw")
 }
 
 /// A second process on a directory in use exits with a message that says so, without Rust

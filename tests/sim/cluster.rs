@@ -66,6 +66,8 @@ pub struct Probe {
     pub metrics: Option<watch::Receiver<Metrics>>,
     /// The applied store of the current incarnation (what its `/metrics` renders).
     pub store: Option<pgw_store::SharedStore>,
+    /// The running node of the current incarnation (its health: quorum contact).
+    pub node: Option<Arc<Node>>,
     /// Whether the host runs (false after a crash, until the restart).
     pub running: bool,
 }
@@ -170,10 +172,12 @@ pub async fn run_node(slot: SlotRef) -> turmoil::Result {
         s.probe.metrics = Some(node.raft().metrics());
         s.probe.store = Some(store);
     }
+    let node = Arc::new(node);
+    lock(&slot).probe.node = Some(node.clone());
     let settings = settings()?;
     pgw_server::serve(
         settings,
-        Arc::new(node),
+        node,
         net::HttpListener(http),
         Arc::new(SimClock {
             skew_ms: spec.clock_skew_ms,

@@ -206,6 +206,7 @@ impl<'a> Driver<'a> {
         // The crashed incarnation's metrics are history; the next one publishes its own.
         slot.probe.metrics = None;
         slot.probe.store = None;
+        slot.probe.node = None;
         drop(slot);
         self.faults.crashed.insert(id);
     }
@@ -435,7 +436,15 @@ impl<'a> Driver<'a> {
             return;
         }
         let settled = leader_of(&self.slots).is_some_and(|(leader, m)| {
+            // The leader also knows it is in contact with its quorum again (pgw's health: the
+            // quorum check of /-/ready and of writes), without a restart.
+            let in_contact = self.slots.get(&leader).is_some_and(|s| {
+                lock(s).probe.node.as_ref().is_none_or(|n| {
+                    !matches!(n.health().quorum(), pgw_raft::Quorum::Lost(_))
+                })
+            });
             let voters: Vec<u64> = m.membership_config.membership().voter_ids().collect();
+            in_contact &&
             voters.iter().all(|v| {
                 self.slots.get(v).is_none_or(|s| {
                     let s = lock(s);
@@ -453,9 +462,11 @@ impl<'a> Driver<'a> {
                 .slots
                 .iter()
                 .filter_map(|(id, s)| {
-                    let m = lock(s).metrics()?;
+                    let s = lock(s);
+                    let m = s.metrics()?;
+                    let quorum = s.probe.node.as_ref().map(|n| n.health().quorum());
                     Some(format!(
-                        "n{id}: term {} {:?} leader {:?}",
+                        "n{id}: term {} {:?} leader {:?} quorum {quorum:?}",
                         m.current_term, m.state, m.current_leader
                     ))
                 })

@@ -194,10 +194,8 @@ impl LogStore {
         let mut last = None;
         // In bounded slices: the log after a snapshot is short, but a node that never
         // snapshotted may hold many entries.
-        let mut start = match self.first_entry_index()? {
-            Some(first) => first,
-            None => u64::MAX,
-        };
+        // u64::MAX: nothing (left) to read.
+        let mut start = self.first_entry_index()?.unwrap_or(u64::MAX);
         while start != u64::MAX {
             let end = start.saturating_add(1024);
             let entries = self.read_range(start, Some(end))?;
