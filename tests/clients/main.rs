@@ -21,7 +21,7 @@ fn python() -> PathBuf {
         .is_ok_and(|s| s.success());
     assert!(
         ok,
-        "python3 with prometheus_client is required: pip install -r tests/requirements.txt (CI does)"
+        "python3 with prometheus_client is required: run tests/run (it installs tests/requirements.txt into a virtual environment and sets PGW_TEST_PYTHON)"
     );
     py
 }
