@@ -60,8 +60,7 @@ pub fn run_ok(cmd: &mut Command) -> Output {
     out
 }
 
-/// The Python interpreter of the tests (`PGW_TEST_PYTHON`, set by `tests/run` to its
-/// virtual environment; default `python3`).
+/// The Python interpreter with tests/requirements.txt (see [`support::test_python`]).
 pub fn python() -> PathBuf {
-    std::env::var_os("PGW_TEST_PYTHON").map_or_else(|| PathBuf::from("python3"), PathBuf::from)
+    support::test_python()
 }
