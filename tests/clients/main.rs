@@ -13,15 +13,15 @@ use support::{Kind, Proc, get};
 use tempfile::TempDir;
 
 fn python() -> PathBuf {
-    let py =
-        std::env::var_os("PGW_TEST_PYTHON").map_or_else(|| PathBuf::from("python3"), PathBuf::from);
+    let py = support::test_python();
     let ok = Command::new(&py)
         .args(["-c", "import prometheus_client"])
         .status()
         .is_ok_and(|s| s.success());
     assert!(
         ok,
-        "python3 with prometheus_client is required: pip install -r tests/requirements.txt (CI does)"
+        "{} has no prometheus_client: run tests/run (it installs tests/requirements.txt into a virtual environment, target/test-venv, and sets PGW_TEST_PYTHON)",
+        py.display()
     );
     py
 }

@@ -924,5 +924,23 @@ impl Balancer {
             assert!(Instant::now() < deadline, "the balancer did not listen on {addr}");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+
+/// The Python interpreter of the tests that run Python (`prometheus_client`,
+/// `kubernetes-validate`): `PGW_TEST_PYTHON` (tests/run sets it to its virtual environment),
+/// else that virtual environment if tests/run created it (`PGW_TEST_VENV`, default
+/// `target/test-venv`), else `python3`.
+pub fn test_python() -> PathBuf {
+    if let Some(p) = std::env::var_os("PGW_TEST_PYTHON") {
+        return PathBuf::from(p);
+    }
+    let venv = std::env::var_os("PGW_TEST_VENV").map_or_else(
+        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/test-venv"),
+        PathBuf::from,
+    );
+    let py = venv.join("bin/python");
+    if py.is_file() {
+        py
+    } else {
+        PathBuf::from("python3")
     }
 }

@@ -9,7 +9,8 @@
 //!   and the handlers: push, delete, wipe, telemetry, `/api/v1`, health, readiness, quit;
 //! - [`metrics`]: the node-local self-metrics (`pushgateway_*`, `process_*`);
 //! - `ui`: the server-rendered web page;
-//! - [`run`]: wiring a node and the HTTP server together, with graceful shutdown;
+//! - [`run`]: wiring a node and the HTTP server together, with graceful shutdown and the
+//!   systemd readiness notifications (`notify`: `READY=1`, `STOPPING=1` to `$NOTIFY_SOCKET`);
 //! - [`serve`] and [`Clock`]: the same HTTP server on an already started node, any listener
 //!   and an injected wall clock (the seams the deterministic simulation runs a node through).
 //!
@@ -23,6 +24,7 @@ pub mod config;
 mod http;
 pub mod logging;
 pub mod metrics;
+mod notify;
 pub mod reload;
 mod timefmt;
 mod ui;
@@ -126,7 +128,7 @@ pub async fn run_with_reload(
         node,
         listener,
         Arc::new(SystemClock),
-        shutdown,
+        notify::serving(shutdown),
         reload,
     )
     .await
