@@ -11,14 +11,6 @@ use support::{Kind, Proc, get, wait_for};
 
 const TIMEOUT: Duration = Duration::from_secs(60);
 
-fn signal(p: &Proc, sig: libc::c_int) {
-    let pid = p.pid().expect("running") as libc::pid_t;
-    // SAFETY: kill(2) on the PID of a child we spawned and have not reaped.
-    unsafe {
-        libc::kill(pid, sig);
-    }
-}
-
 /// SIGTERM first makes `/-/ready` answer 503 while the node keeps serving (pushes included)
 /// for `--web.shutdown-drain`, then the node stops gracefully (exit 0).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -34,7 +26,7 @@ async fn sigterm_drains_before_stopping() {
     .await;
     let addr = n.addr;
     let sent = Instant::now();
-    signal(&n, libc::SIGTERM);
+    n.signal(libc::SIGTERM);
     let r = wait_for("/-/ready turns 503 on SIGTERM", TIMEOUT, || async move {
         match get(addr, "/-/ready", Duration::from_secs(2)).await {
             Ok(r) if r.status == 503 => Ok(r),
@@ -57,7 +49,7 @@ async fn sigterm_drains_before_stopping() {
     let body = get(addr, "/metrics", TIMEOUT).await.unwrap().text();
     assert!(body.contains("job=\"draining\""));
     assert!(n.is_running(), "stopped before the drain ended");
-    let status = wait_for("the node exits after the drain", TIMEOUT, || {
+    wait_for("the node exits after the drain", TIMEOUT, || {
         let exited = n.is_running();
         async move {
             if exited {
@@ -68,7 +60,6 @@ async fn sigterm_drains_before_stopping() {
         }
     })
     .await;
-    let _ = status;
     let took = sent.elapsed();
     assert!(
         took >= Duration::from_millis(2900),
@@ -91,7 +82,7 @@ async fn a_second_sigterm_stops_at_once() {
     )
     .await;
     let addr = n.addr;
-    signal(&n, libc::SIGTERM);
+    n.signal(libc::SIGTERM);
     wait_for("/-/ready turns 503 on SIGTERM", TIMEOUT, || async move {
         match get(addr, "/-/ready", Duration::from_secs(2)).await {
             Ok(r) if r.status == 503 => Ok(()),
@@ -101,7 +92,7 @@ async fn a_second_sigterm_stops_at_once() {
     })
     .await;
     let second = Instant::now();
-    signal(&n, libc::SIGTERM);
+    n.signal(libc::SIGTERM);
     wait_for(
         "the node exits on the second SIGTERM",
         Duration::from_secs(5),
@@ -159,12 +150,11 @@ impl Load {
                         let group = format!("c{c}-{i}");
                         let path = format!("/metrics/job/lb/instance/{group}");
                         let start = Instant::now();
-                        let status = match request(lb, "PUT", &path, &[], b"lb_push 1\n", TIMEOUT)
-                            .await
-                        {
-                            Ok(r) => r.status,
-                            Err(_) => 0,
-                        };
+                        let status =
+                            match request(lb, "PUT", &path, &[], b"lb_push 1\n", TIMEOUT).await {
+                                Ok(r) => r.status,
+                                Err(_) => 0,
+                            };
                         let end = Instant::now();
                         log.lock().unwrap().push(Push {
                             group,
@@ -187,7 +177,12 @@ impl Load {
     async fn wait_acks(&self, n: usize) {
         let log = self.log.clone();
         wait_for(&format!("{n} acknowledged pushes"), TIMEOUT, || {
-            let acked = log.lock().unwrap().iter().filter(|p| p.status == 200).count();
+            let acked = log
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|p| p.status == 200)
+                .count();
             async move {
                 if acked >= n {
                     Ok(())
@@ -222,7 +217,11 @@ async fn assert_no_acked_push_lost(c: &mut PgwCluster, pushes: &[Push]) {
         .filter(|p| !body.contains(&format!("instance=\"{}\"", p.group)))
         .map(|p| p.group.as_str())
         .collect();
-    assert!(lost.is_empty(), "{} acknowledged pushes lost: {lost:?}", lost.len());
+    assert!(
+        lost.is_empty(),
+        "{} acknowledged pushes lost: {lost:?}",
+        lost.len()
+    );
 }
 
 fn summary(pushes: &[Push]) -> String {
@@ -273,23 +272,33 @@ async fn haproxy_leader_kill9_loses_nothing() {
     let leader = leader_of(addrs[0]).await;
     let killed = Instant::now();
     c.nodes[leader].kill9();
-    let first = wait_for("a push sent after the kill is acknowledged", TIMEOUT, || {
-        let pushes = load.pushes();
-        async move {
-            pushes
-                .iter()
-                .filter(|p| p.start > killed && p.status == 200)
-                .map(|p| p.end)
-                .min()
-                .ok_or_else(|| "none yet".to_string())
-        }
-    })
+    let first = wait_for(
+        "a push sent after the kill is acknowledged",
+        TIMEOUT,
+        || {
+            let pushes = load.pushes();
+            async move {
+                pushes
+                    .iter()
+                    .filter(|p| p.start > killed && p.status == 200)
+                    .map(|p| p.end)
+                    .min()
+                    .ok_or_else(|| "none yet".to_string())
+            }
+        },
+    )
     .await;
     let resumed = first - killed;
     let before = load.pushes().len();
     wait_for("300 more pushes after the kill", TIMEOUT, || {
         let n = load.pushes().len();
-        async move { if n >= before + 300 { Ok(()) } else { Err(format!("{}", n - before)) } }
+        async move {
+            if n >= before + 300 {
+                Ok(())
+            } else {
+                Err(format!("{}", n - before))
+            }
+        }
     })
     .await;
     let pushes = load.stop().await;
@@ -303,7 +312,10 @@ async fn haproxy_leader_kill9_loses_nothing() {
         "more than 2% failed: {}",
         summary(&pushes)
     );
-    assert!(resumed <= Duration::from_secs(2), "first ack {resumed:?} after the kill");
+    assert!(
+        resumed <= Duration::from_secs(2),
+        "first ack {resumed:?} after the kill"
+    );
     assert_no_acked_push_lost(&mut c, &pushes).await;
 }
 
@@ -314,7 +326,9 @@ async fn served(addr: SocketAddr) -> f64 {
         Err(_) => return 0.0,
     };
     text.lines()
-        .filter(|l| l.starts_with("pushgateway_http_requests_total{") && l.contains("handler=\"push\""))
+        .filter(|l| {
+            l.starts_with("pushgateway_http_requests_total{") && l.contains("handler=\"push\"")
+        })
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
 }
@@ -331,16 +345,29 @@ async fn rolling_restart_without_failures(c: &mut PgwCluster, lb: &Balancer) {
         c.nodes[i].restart().await;
         let addr = c.nodes[i].addr;
         let base = served(addr).await;
-        wait_for("the restarted node takes pushes from the balancer again", TIMEOUT, || async move {
-            let now = served(addr).await;
-            if now > base + 5.0 { Ok(()) } else { Err(format!("{now} pushes served")) }
-        })
+        wait_for(
+            "the restarted node takes pushes from the balancer again",
+            TIMEOUT,
+            || async move {
+                let now = served(addr).await;
+                if now > base + 5.0 {
+                    Ok(())
+                } else {
+                    Err(format!("{now} pushes served"))
+                }
+            },
+        )
         .await;
     }
     let pushes = load.stop().await;
     eprintln!("rolling restart: {}", summary(&pushes));
     let failed: Vec<&Push> = pushes.iter().filter(|p| p.status != 200).collect();
-    assert!(failed.is_empty(), "{} failed: {:?}", failed.len(), &failed[..failed.len().min(5)]);
+    assert!(
+        failed.is_empty(),
+        "{} failed: {:?}",
+        failed.len(),
+        &failed[..failed.len().min(5)]
+    );
     assert_no_acked_push_lost(c, &pushes).await;
 }
 
@@ -369,7 +396,10 @@ async fn haproxy_stops_routing_without_quorum_and_recovers() {
     let addrs: Vec<SocketAddr> = c.nodes.iter().map(|n| n.addr).collect();
     let lb = Balancer::haproxy(&addrs, c.root.path()).await;
     let lba = lb.addr;
-    assert_eq!(support::put(lba, "/metrics/job/q/instance/before", "m 1\n").await, Ok(200));
+    assert_eq!(
+        support::put(lba, "/metrics/job/q/instance/before", "m 1\n").await,
+        Ok(200)
+    );
     let leader = leader_of(addrs[0]).await;
     let victims: Vec<usize> = (0..3).filter(|i| *i != leader).collect();
     for &v in &victims {
@@ -377,8 +407,15 @@ async fn haproxy_stops_routing_without_quorum_and_recovers() {
     }
     let killed = Instant::now();
     let r = wait_for("HAProxy has no ready node", TIMEOUT, || async move {
-        let r = request(lba, "PUT", "/metrics/job/q/instance/during", &[], b"m 2\n", TIMEOUT)
-            .await?;
+        let r = request(
+            lba,
+            "PUT",
+            "/metrics/job/q/instance/during",
+            &[],
+            b"m 2\n",
+            TIMEOUT,
+        )
+        .await?;
         if r.status == 503 && r.text().contains("No server is available") {
             Ok(r)
         } else {
@@ -387,16 +424,23 @@ async fn haproxy_stops_routing_without_quorum_and_recovers() {
     })
     .await;
     let took = killed.elapsed();
-    assert!(took <= Duration::from_secs(3), "HAProxy still routed {took:?} after the kills");
+    assert!(
+        took <= Duration::from_secs(3),
+        "HAProxy still routed {took:?} after the kills"
+    );
     assert_eq!(r.header("retry-after"), Some("1"), "{:?}", r.text());
     for &v in &victims {
         c.nodes[v].restart().await;
     }
-    wait_for("pushes through HAProxy succeed again", TIMEOUT, || async move {
-        match support::put(lba, "/metrics/job/q/instance/after", "m 3\n").await {
-            Ok(200) => Ok(()),
-            other => Err(format!("{other:?}")),
-        }
-    })
+    wait_for(
+        "pushes through HAProxy succeed again",
+        TIMEOUT,
+        || async move {
+            match support::put(lba, "/metrics/job/q/instance/after", "m 3\n").await {
+                Ok(200) => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
     .await;
 }

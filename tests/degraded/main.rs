@@ -144,14 +144,6 @@ async fn a_leader_without_quorum_is_unready_and_fails_fast() {
     );
 }
 
-fn signal(p: &Proc, sig: libc::c_int) {
-    let pid = p.pid().expect("running") as libc::pid_t;
-    // SAFETY: kill(2) on the PID of a child we spawned and have not reaped.
-    unsafe {
-        libc::kill(pid, sig);
-    }
-}
-
 /// SIGHUP (what `systemctl reload` sends) under a push load: every push is acknowledged, the
 /// node keeps serving and logs the reload.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -161,7 +153,7 @@ async fn sighup_under_load_loses_nothing() {
         Proc::start_server(Kind::Pgw, "hup", &root.path().join("d"), root.path(), &[]).await;
     for i in 0..200 {
         if i % 20 == 0 {
-            signal(&n, libc::SIGHUP);
+            n.signal(libc::SIGHUP);
         }
         let r = support::put(n.addr, &format!("/metrics/job/hup/instance/{i}"), "m 1\n").await;
         assert_eq!(r, Ok(200), "push {i}");

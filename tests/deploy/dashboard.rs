@@ -4,13 +4,12 @@
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use crate::support::{free_port, get, request, start_cluster, wait_for};
-use crate::{read_deploy, tool};
+use crate::read_deploy;
+use crate::support::{request, start_cluster, wait_for};
 
 /// The dashboard's panels that hold queries: (title, exprs).
 fn panels(dash: &serde_json::Value) -> Vec<(String, Vec<String>)> {
@@ -122,32 +121,6 @@ fn the_dashboard_has_panels_for_every_area() {
 }
 
 /// Kills the Prometheus child (by its handle) when the test ends.
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-async fn query(prom: SocketAddr, q: &str) -> Result<serde_json::Value, String> {
-    let mut path = String::from("/api/v1/query?query=");
-    for b in q.bytes() {
-        if b.is_ascii_alphanumeric() || b"_-.".contains(&b) {
-            path.push(b as char);
-        } else {
-            path.push_str(&format!("%{b:02X}"));
-        }
-    }
-    let r = get(prom, &path, Duration::from_secs(5)).await?;
-    let v: serde_json::Value = serde_json::from_slice(&r.body).map_err(|e| e.to_string())?;
-    if v["status"] != "success" {
-        return Err(format!("query {q}: {v}"));
-    }
-    Ok(v["data"]["result"].clone())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_panel_query_returns_data_from_a_real_cluster() {
     let dash = dashboard();
@@ -239,24 +212,7 @@ async fn every_panel_query_returns_data_from_a_real_cluster() {
         job("job"),
         selfs.join(", ")
     );
-    let config_path = dir.join("prometheus.yml");
-    std::fs::write(&config_path, config).unwrap();
-    let prom: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let log_path = dir.join("prometheus.log");
-    let log = std::fs::File::create(&log_path).unwrap();
-    let child = Command::new(tool("/usr/bin/prometheus", "prometheus"))
-        .arg(format!("--config.file={}", config_path.display()))
-        .arg(format!(
-            "--storage.tsdb.path={}",
-            dir.join("tsdb").display()
-        ))
-        .arg(format!("--web.listen-address={prom}"))
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .expect("start prometheus");
-    let _prom = Server(child);
+    let prom = crate::support::Prometheus::start(&dir, &config);
 
     let queries: Vec<(String, String)> = panels(&dash)
         .into_iter()
@@ -264,14 +220,15 @@ async fn every_panel_query_returns_data_from_a_real_cluster() {
         .map(|(t, e)| (t, expand(&e, &vars)))
         .collect();
     let queries = &queries;
-    let log_path = &log_path;
+    let log_path = &dir.join("prometheus.log");
+    let prom = &prom;
     wait_for(
         "every dashboard query to return data",
         Duration::from_secs(90),
         || async move {
             let mut missing = Vec::new();
             for (title, q) in queries {
-                match query(prom, q).await {
+                match prom.query(q).await {
                     Ok(r) if r.as_array().is_some_and(|a| !a.is_empty()) => {}
                     Ok(r) => missing.push(format!("{title}: {q} -> {r}")),
                     Err(e) => missing.push(format!("{title}: {q} -> {e}")),

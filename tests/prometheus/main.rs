@@ -9,10 +9,10 @@ mod support;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
-use support::{free_port, get, request, start_cluster, wait_for};
+use support::{request, start_cluster, wait_for};
 
 const TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -24,16 +24,6 @@ fn tool(name: &str) -> PathBuf {
         p.display()
     );
     p
-}
-
-/// Kills the Prometheus child (by its handle) when the test ends.
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 #[test]
@@ -51,23 +41,6 @@ fn the_example_config_is_valid() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-}
-
-async fn query(prom: SocketAddr, q: &str) -> Result<serde_json::Value, String> {
-    let mut path = String::from("/api/v1/query?query=");
-    for b in q.bytes() {
-        if b.is_ascii_alphanumeric() || b"_-.".contains(&b) {
-            path.push(b as char);
-        } else {
-            path.push_str(&format!("%{b:02X}"));
-        }
-    }
-    let r = get(prom, &path, Duration::from_secs(5)).await?;
-    let v: serde_json::Value = serde_json::from_slice(&r.body).map_err(|e| e.to_string())?;
-    if v["status"] != "success" {
-        return Err(format!("query {q}: {v}"));
-    }
-    Ok(v["data"]["result"].clone())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -88,7 +61,6 @@ async fn prometheus_scrapes_every_replica_and_deduplicates() {
     assert_eq!(r.status, 200, "{}", r.text());
 
     let dir = c.root.path().join("prometheus");
-    std::fs::create_dir_all(&dir).unwrap();
     let targets: Vec<String> = c
         .nodes
         .iter()
@@ -105,24 +77,7 @@ async fn prometheus_scrapes_every_replica_and_deduplicates() {
         "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\nscrape_configs:\n  - job_name: pushgateway-replicas\n    honor_labels: true\n    static_configs:\n{}",
         targets.concat()
     );
-    let config_path = dir.join("prometheus.yml");
-    std::fs::write(&config_path, config).unwrap();
-    let port = free_port();
-    let prom_addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let log = std::fs::File::create(dir.join("prometheus.log")).unwrap();
-    let child = Command::new(tool("prometheus"))
-        .arg(format!("--config.file={}", config_path.display()))
-        .arg(format!(
-            "--storage.tsdb.path={}",
-            dir.join("tsdb").display()
-        ))
-        .arg(format!("--web.listen-address={prom_addr}"))
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .expect("start prometheus");
-    let _prom = Server(child);
+    let prom = &support::Prometheus::start(&dir, &config);
 
     // Clients push through HAProxy only; Prometheus scrapes the nodes at their own addresses.
     let addrs: Vec<SocketAddr> = c.nodes.iter().map(|n| n.addr).collect();
@@ -142,7 +97,7 @@ async fn prometheus_scrapes_every_replica_and_deduplicates() {
         "the series scraped from all 3 replicas",
         TIMEOUT,
         || async move {
-            let r = query(prom_addr, "batch_last_success").await?;
+            let r = prom.query("batch_last_success").await?;
             let n = r.as_array().map_or(0, Vec::len);
             if n == 3 {
                 Ok(r)
@@ -161,7 +116,8 @@ async fn prometheus_scrapes_every_replica_and_deduplicates() {
         assert_eq!(s["value"][1], "42", "{s}");
     }
     // Deduplicated at query time: one series, the pushed value.
-    let dedup = query(prom_addr, "max without (replica) (batch_last_success)")
+    let dedup = prom
+        .query("max without (replica) (batch_last_success)")
         .await
         .unwrap();
     assert_eq!(dedup.as_array().map(Vec::len), Some(1), "{dedup}");
@@ -172,9 +128,9 @@ async fn prometheus_scrapes_every_replica_and_deduplicates() {
         "every group pushed through HAProxy scraped from all 3 replicas",
         TIMEOUT,
         || async move {
-            let all = query(prom_addr, "count(lb_pushed)").await?;
-            if all[0]["value"][1] == (3 * LB_GROUPS).to_string() {
-                query(prom_addr, "max without (replica) (lb_pushed)").await
+            let all = prom.query("count(lb_pushed)").await?;
+            if all[0]["value"][1].as_str() == Some(&*(3 * LB_GROUPS).to_string()) {
+                prom.query("max without (replica) (lb_pushed)").await
             } else {
                 Err(format!("{all}"))
             }
@@ -194,9 +150,12 @@ async fn prometheus_scrapes_every_replica_and_deduplicates() {
         "push_time_seconds scraped from all replicas",
         TIMEOUT,
         || async move {
-            let all = query(prom_addr, "count(push_time_seconds{job=\"nightly\"})").await?;
+            let all = prom
+                .query("count(push_time_seconds{job=\"nightly\"})")
+                .await?;
             if all[0]["value"][1] == "3" {
-                query(prom_addr, "stddev(push_time_seconds{job=\"nightly\"})").await
+                prom.query("stddev(push_time_seconds{job=\"nightly\"})")
+                    .await
             } else {
                 Err(format!("{all}"))
             }

@@ -439,21 +439,24 @@ impl<'a> Driver<'a> {
             // The leader also knows it is in contact with its quorum again (pgw's health: the
             // quorum check of /-/ready and of writes), without a restart.
             let in_contact = self.slots.get(&leader).is_some_and(|s| {
-                lock(s).probe.node.as_ref().is_none_or(|n| {
-                    !matches!(n.health().quorum(), pgw_raft::Quorum::Lost(_))
-                })
+                lock(s)
+                    .probe
+                    .node
+                    .as_ref()
+                    .is_none_or(|n| !matches!(n.health().quorum(), pgw_raft::Quorum::Lost(_)))
             });
             let voters: Vec<u64> = m.membership_config.membership().voter_ids().collect();
-            in_contact &&
-            voters.iter().all(|v| {
-                self.slots.get(v).is_none_or(|s| {
-                    let s = lock(s);
-                    !s.probe.running
-                        || s.metrics().is_some_and(|mm| {
-                            mm.current_leader == Some(leader) && mm.current_term == m.current_term
-                        })
+            in_contact
+                && voters.iter().all(|v| {
+                    self.slots.get(v).is_none_or(|s| {
+                        let s = lock(s);
+                        !s.probe.running
+                            || s.metrics().is_some_and(|mm| {
+                                mm.current_leader == Some(leader)
+                                    && mm.current_term == m.current_term
+                            })
+                    })
                 })
-            })
         });
         if settled {
             self.quiet_since = None;

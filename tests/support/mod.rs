@@ -353,6 +353,15 @@ impl Proc {
         }
     }
 
+    /// Sends `sig` to the running child by its PID.
+    pub fn signal(&self, sig: libc::c_int) {
+        let pid = self.pid().expect("running") as libc::pid_t;
+        // SAFETY: kill(2) on the PID of a child we spawned and have not reaped.
+        unsafe {
+            libc::kill(pid, sig);
+        }
+    }
+
     /// Makes every later (re)start listen on the current HTTP port again, as a node behind
     /// a load balancer must (a start that loses the port race retries the same port).
     pub fn pin_port(&mut self) {
@@ -848,7 +857,10 @@ fn localise(text: &str, nodes: &[SocketAddr], listen_from: &str, listen_to: &str
     for (i, n) in nodes.iter().enumerate() {
         out = out.replace(&format!("10.0.0.{}:9091", i + 1), &n.to_string());
     }
-    assert!(!out.contains("10.0.0."), "the config names more example nodes than given");
+    assert!(
+        !out.contains("10.0.0."),
+        "the config names more example nodes than given"
+    );
     out
 }
 
@@ -860,7 +872,12 @@ impl Balancer {
         let text = std::fs::read_to_string(repo_file("deploy/haproxy/haproxy.cfg"))
             .expect("read deploy/haproxy/haproxy.cfg");
         let port = free_port();
-        let cfg = localise(&text, nodes, "bind :9091", &format!("bind 127.0.0.1:{port}"));
+        let cfg = localise(
+            &text,
+            nodes,
+            "bind :9091",
+            &format!("bind 127.0.0.1:{port}"),
+        );
         let path = dir.join("haproxy.cfg");
         std::fs::write(&path, cfg).expect("write haproxy.cfg");
         let mut cmd = Command::new("haproxy");
@@ -874,7 +891,12 @@ impl Balancer {
         let text = std::fs::read_to_string(repo_file("deploy/nginx/pgw.conf"))
             .expect("read deploy/nginx/pgw.conf");
         let port = free_port();
-        let site = localise(&text, nodes, "listen 9091;", &format!("listen 127.0.0.1:{port};"));
+        let site = localise(
+            &text,
+            nodes,
+            "listen 9091;",
+            &format!("listen 127.0.0.1:{port};"),
+        );
         let prefix = dir.join("nginx");
         std::fs::create_dir_all(prefix.join("logs")).expect("nginx prefix");
         std::fs::write(prefix.join("pgw.conf"), site).expect("write pgw.conf");
@@ -921,9 +943,14 @@ impl Balancer {
             if TcpStream::connect(addr).await.is_ok() {
                 return b;
             }
-            assert!(Instant::now() < deadline, "the balancer did not listen on {addr}");
+            assert!(
+                Instant::now() < deadline,
+                "the balancer did not listen on {addr}"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+}
 
 /// The Python interpreter of the tests that run Python (`prometheus_client`,
 /// `kubernetes-validate`): `PGW_TEST_PYTHON` (tests/run sets it to its virtual environment),
@@ -942,5 +969,67 @@ pub fn test_python() -> PathBuf {
         py
     } else {
         PathBuf::from("python3")
+    }
+}
+
+/// A real Prometheus server (Debian package `prometheus`) we started with a config of the
+/// test's, on a fresh loopback port, its data under `dir`; killed when dropped.
+pub struct Prometheus {
+    pub addr: SocketAddr,
+    child: Child,
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Prometheus {
+    /// Writes `config` (prometheus.yml) into `dir` and starts `/usr/bin/prometheus` on it.
+    pub fn start(dir: &Path, config: &str) -> Prometheus {
+        let bin = Path::new("/usr/bin/prometheus");
+        assert!(
+            bin.exists(),
+            "{} is missing: apt-get install prometheus (tests/run installs it)",
+            bin.display()
+        );
+        std::fs::create_dir_all(dir).expect("prometheus dir");
+        let config_path = dir.join("prometheus.yml");
+        std::fs::write(&config_path, config).expect("write prometheus.yml");
+        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let log = File::create(dir.join("prometheus.log")).expect("prometheus log");
+        let child = Command::new(bin)
+            .arg(format!("--config.file={}", config_path.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("tsdb").display()
+            ))
+            .arg(format!("--web.listen-address={addr}"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("clone log fd"))
+            .stderr(log)
+            .spawn()
+            .expect("start prometheus");
+        Prometheus { addr, child }
+    }
+
+    /// An instant query through the HTTP API: the `data.result` array.
+    pub async fn query(&self, q: &str) -> Result<serde_json::Value, String> {
+        let mut path = String::from("/api/v1/query?query=");
+        for b in q.bytes() {
+            if b.is_ascii_alphanumeric() || b"_-.".contains(&b) {
+                path.push(b as char);
+            } else {
+                path.push_str(&format!("%{b:02X}"));
+            }
+        }
+        let r = get(self.addr, &path, Duration::from_secs(5)).await?;
+        let v: serde_json::Value = serde_json::from_slice(&r.body).map_err(|e| e.to_string())?;
+        if v["status"] != "success" {
+            return Err(format!("query {q}: {v}"));
+        }
+        Ok(v["data"]["result"].clone())
     }
 }
