@@ -147,6 +147,9 @@ impl Query {
                  {which}= to start at the first page"
             )
         };
+        // An empty cursor is no cursor (as an empty `limit` is the default).
+        let after = after.filter(|c| !c.is_empty());
+        let before = before.filter(|c| !c.is_empty());
         q.cursor = match (after, before) {
             (Some(_), Some(_)) => {
                 return Err((q, "give either after= or before=, not both".into()));
@@ -517,14 +520,12 @@ where
         let mut done = true;
         read(&mut |s| {
             let lower = resume.as_ref().map_or(Bound::Unbounded, Bound::Excluded);
-            let mut seen = 0;
             let mut last = None;
-            for (k, _) in s.range((lower, Bound::Unbounded)) {
+            for (seen, (k, _)) in s.range((lower, Bound::Unbounded)).enumerate() {
                 if seen == SCAN_CHUNK {
                     done = false;
                     break;
                 }
-                seen += 1;
                 last = Some(k);
                 if !q.filter.matches(k) {
                     continue;
