@@ -56,8 +56,9 @@ pub(crate) fn static_asset(caps: &[Vec<u8>]) -> Response {
     r
 }
 
-/// A page of at most this many groups, or a store of this many series, is rendered on the
-/// blocking pool rather than on a runtime thread.
+/// With more groups than this in the store (a search scans every key), or more series (a
+/// page may hold large groups), the page is built on the blocking pool rather than on a
+/// runtime thread.
 const OFFLOAD_GROUPS: usize = 10_000;
 const OFFLOAD_SERIES: usize = 20_000;
 
