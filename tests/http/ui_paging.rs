@@ -17,7 +17,8 @@ const PUSH_CONNECTIONS: usize = 128;
 
 /// Pushes the empty group `job=<name(i)>` for every `i` in `range` over
 /// [`PUSH_CONNECTIONS`] keep-alive HTTP/1.1 connections (a minimal client: the node, not
-/// the client, should spend the CPU). Every push must be answered 200.
+/// the client, should spend the CPU). Every push must be answered 200; a 503 (a commit
+/// slower than the write timeout on a loaded machine) is retried a few times.
 async fn push_groups(
     addr: SocketAddr,
     prefix: &str,
@@ -33,42 +34,66 @@ async fn push_groups(
         tasks.push(tokio::spawn(async move {
             let mut s = TcpStream::connect(addr).await.expect("connect");
             s.set_nodelay(true).expect("nodelay");
-            let mut buf = vec![0u8; 4096];
-            loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= end {
-                    return;
-                }
+            let mut i = next.fetch_add(1, Ordering::Relaxed);
+            let mut tries = 0;
+            while i < end {
                 let req = format!(
                     "PUT {prefix}/metrics/job/{} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\n\r\n",
                     name(i)
                 );
                 s.write_all(req.as_bytes()).await.expect("write push");
-                // A 200 to a push has an empty body: the response ends with its head.
-                let mut have = 0;
-                loop {
-                    let n = tokio::time::timeout(Duration::from_secs(30), s.read(&mut buf[have..]))
-                        .await
-                        .expect("push answered within 30 s")
-                        .expect("read push response");
-                    assert!(n > 0, "connection closed during push {i}");
-                    have += n;
-                    let head = &buf[..have];
-                    if let Some(p) = head.windows(4).position(|w| w == b"\r\n\r\n") {
-                        assert!(
-                            head.starts_with(b"HTTP/1.1 200") && p + 4 == have,
-                            "push {i}: {}",
-                            String::from_utf8_lossy(head)
-                        );
-                        break;
+                let (status, body) = read_response(&mut s).await;
+                match status {
+                    200 => {
+                        i = next.fetch_add(1, Ordering::Relaxed);
+                        tries = 0;
                     }
-                    assert!(have < buf.len(), "push {i}: response head too long");
+                    503 if tries < 5 => {
+                        tries += 1;
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                    _ => panic!("push {i}: {status} {body}"),
                 }
             }
         }));
     }
     for t in tasks {
         t.await.expect("pusher task");
+    }
+}
+
+/// Reads one HTTP/1.1 response with a `Content-Length` (or none: empty) body.
+async fn read_response(s: &mut TcpStream) -> (u16, String) {
+    let mut buf = Vec::with_capacity(512);
+    let mut chunk = [0u8; 1024];
+    loop {
+        if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..p]).to_ascii_lowercase();
+            let status = head
+                .split(' ')
+                .nth(1)
+                .and_then(|c| c.parse().ok())
+                .unwrap_or_else(|| panic!("no status in {head:?}"));
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .map_or(0, |v| v.trim().parse().expect("content-length"));
+            if buf.len() >= p + 4 + len {
+                assert_eq!(
+                    buf.len(),
+                    p + 4 + len,
+                    "no pipelining: one response at a time"
+                );
+                return (status, String::from_utf8_lossy(&buf[p + 4..]).into_owned());
+            }
+        }
+        assert!(buf.len() < 1 << 20, "response too long");
+        let n = tokio::time::timeout(Duration::from_secs(30), s.read(&mut chunk))
+            .await
+            .expect("push answered within 30 s")
+            .expect("read push response");
+        assert!(n > 0, "connection closed before the response ended");
+        buf.extend_from_slice(&chunk[..n]);
     }
 }
 
