@@ -17,3 +17,4 @@ mod t04_api;
 mod t05_encoding;
 mod t06_config;
 mod t07_ui;
+mod ui_paging;

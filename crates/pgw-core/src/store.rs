@@ -9,6 +9,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::hash::{BuildHasherDefault, Hasher};
+use std::ops::Bound;
 use std::sync::{Arc, OnceLock};
 
 use crate::command::{Command, CommandResponse, Payload, Push};
@@ -230,6 +231,16 @@ impl GroupStore {
         self.groups.iter()
     }
 
+    /// The groups whose keys lie within `bounds`, in grouping-key order (either end may be
+    /// walked first). Bounds need not be stored keys: a page that starts after a key removed
+    /// since still starts in the right place.
+    pub fn range<'a>(
+        &'a self,
+        bounds: (Bound<&GroupingKey>, Bound<&GroupingKey>),
+    ) -> impl DoubleEndedIterator<Item = (&'a GroupingKey, &'a Group)> + 'a {
+        self.groups.range::<GroupingKey, _>(bounds)
+    }
+
     /// One group.
     pub fn get(&self, key: &GroupingKey) -> Option<&Group> {
         self.groups.get(key)
@@ -355,6 +366,35 @@ impl GroupingKey {
             Ok(v) => v,
             Err(_) => vec![RECORD_FORMAT],
         }
+    }
+
+    /// The key as an opaque, URL-safe token (base64url of [`GroupingKey::encode`], no
+    /// padding), e.g. for a page cursor. [`GroupingKey::from_cursor`] reverses it.
+    pub fn cursor(&self) -> String {
+        use base64::Engine as _;
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(self.encode())
+    }
+
+    /// Decodes a [`GroupingKey::cursor`] token.
+    ///
+    /// # Errors
+    /// [`RecordError`] when `token` is not base64url, not a key encoding, carries trailing
+    /// bytes, or names no `job` (every stored key has one).
+    pub fn from_cursor(token: &str) -> Result<GroupingKey, RecordError> {
+        use base64::Engine as _;
+        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(token.trim_end_matches('='))
+            .map_err(|e| RecordError::Malformed(format!("not base64url: {e}")))?;
+        let (key, rest) = GroupingKey::decode_prefix(&bytes)?;
+        if !rest.is_empty() {
+            return Err(RecordError::Malformed(
+                "trailing bytes after grouping key".into(),
+            ));
+        }
+        if key.get("job").is_none() {
+            return Err(RecordError::Malformed("grouping key without job".into()));
+        }
+        Ok(key)
     }
 
     /// Decodes the key at the start of `bytes`, returning it and the remaining bytes.

@@ -8,9 +8,11 @@
 //!   and cleaning, route prefix, httprouter redirects, 404/405/`OPTIONS`, request decoding)
 //!   and the handlers: push, delete, wipe, telemetry, `/api/v1`, health, readiness, quit;
 //! - [`metrics`]: the node-local self-metrics (`pushgateway_*`, `process_*`);
-//! - `ui`: the server-rendered web page;
-//! - [`run`]: wiring a node and the HTTP server together, with graceful shutdown and the
-//!   systemd readiness notifications (`notify`: `READY=1`, `STOPPING=1` to `$NOTIFY_SOCKET`);
+//! - `ui`: the server-rendered web page (one page of groups at a time, searched and paged on
+//!   the server, so its size does not grow with the store);
+//! - [`run`]: wiring a node and the HTTP server together, with graceful shutdown (a drain with
+//!   `/-/ready` 503 first), SIGHUP reloads ([`reload`]) and the systemd readiness
+//!   notifications (`notify`: `READY=1`, `STOPPING=1` to `$NOTIFY_SOCKET`);
 //! - [`serve`] and [`Clock`]: the same HTTP server on an already started node, any listener
 //!   and an injected wall clock (the seams the deterministic simulation runs a node through).
 //!

@@ -1,8 +1,10 @@
 //! The web page at `/` and `/status`: server-rendered HTML, no framework.
 //!
-//! It lists every group (grouping labels, last push and last failure time in UTC), its
-//! families (name, type, HELP, last pushed, samples as text) and a delete button per group,
-//! plus the node's build information, flags and Raft status. Every piece of stored or
+//! It shows one page of groups at a time ([`groups`]: a search over the grouping labels,
+//! cursor paging, the number of matching groups): per group its grouping labels, last push
+//! and last failure time in UTC, its families (name, type, HELP, last pushed, samples as
+//! text) and a delete button; then the node's build information, flags and Raft status. Only
+//! the page's groups are rendered, so the body does not grow with the store. Every piece of stored or
 //! configured text goes through [`escape`]; the page loads its script and style from
 //! `static/` (relative links, so it works under any route prefix and behind a proxy) and is
 //! served with a `Content-Security-Policy` that allows no inline script, so label values
@@ -15,10 +17,10 @@ use axum::response::Response;
 use http::StatusCode;
 use http::header::{self, HeaderValue};
 use pgw_core::pb::{Metric, MetricFamily, MetricType};
-use pgw_core::store::Group;
-use pgw_core::{GroupStore, GroupingKey};
 
 use crate::http::App;
+
+mod groups;
 
 /// HTML-escapes text for element content and quoted attribute values.
 pub fn escape(s: &str) -> String {
@@ -54,21 +56,46 @@ pub(crate) fn static_asset(caps: &[Vec<u8>]) -> Response {
     r
 }
 
-/// `GET <prefix>/` and `<prefix>/status`.
-pub(crate) async fn page(app: &Arc<App>) -> Response {
+/// With more groups than this in the store (a search scans every key), or more series (a
+/// page may hold large groups), the page is built on the blocking pool rather than on a
+/// runtime thread.
+const OFFLOAD_GROUPS: usize = 10_000;
+const OFFLOAD_SERIES: usize = 20_000;
+
+/// `GET <prefix>/` and `<prefix>/status`: the page for the query string `query` (see
+/// [`groups`] for its parameters). A bad query is answered 400 with the page showing the
+/// message next to the search form.
+pub(crate) async fn page(app: &Arc<App>, query: Option<&str>) -> Response {
     let status = app.node.status();
+    let (q, error) = match groups::Query::parse(query) {
+        Ok(q) => (q, None),
+        Err((q, msg)) => (q, Some(msg)),
+    };
     let node = app.node.clone();
     let app2 = app.clone();
-    let big = node.read(|s| s.series_count()) > 20_000;
+    let big = node.read(|s| s.len() > OFFLOAD_GROUPS || s.series_count() > OFFLOAD_SERIES);
+    let code = if error.is_some() {
+        StatusCode::BAD_REQUEST
+    } else {
+        StatusCode::OK
+    };
     let html = crate::http::offload(big, move || {
-        node.read(|store| render_page(&app2, store, &status))
+        let sel = if error.is_some() {
+            groups::Selection {
+                total: node.read(|s| s.len()),
+                ..Default::default()
+            }
+        } else {
+            groups::select(|f| node.read(|s| f(s)), &q)
+        };
+        render_page(&app2, &q, &sel, error.as_deref(), &status)
     })
     .await;
     let Some(html) = html else {
         return crate::http::internal_error("internal error while rendering the page");
     };
     let mut r = Response::new(html.into());
-    *r.status_mut() = StatusCode::OK;
+    *r.status_mut() = code;
     let h = r.headers_mut();
     h.insert(
         header::CONTENT_TYPE,
@@ -78,7 +105,7 @@ pub(crate) async fn page(app: &Arc<App>) -> Response {
         header::CONTENT_SECURITY_POLICY,
         HeaderValue::from_static(
             "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; \
-             img-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+             img-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'",
         ),
     );
     h.insert(
@@ -96,90 +123,59 @@ fn time_or_never(ns: i64) -> String {
     }
 }
 
-fn render_page(app: &App, store: &GroupStore, status: &pgw_raft::NodeStatus) -> String {
-    let mut h = String::with_capacity(8192 + store.series_count() * 96);
-    let admin = app.settings.enable_admin_api;
+/// One section of the page: its anchor and title in the navigation bar, and its HTML (a
+/// whole `<section id="…">`). A new view (e.g. of the cluster) is one more entry in the list
+/// [`render_page`] builds.
+struct Section {
+    id: &'static str,
+    title: &'static str,
+    html: String,
+}
+
+fn render_page(
+    app: &App,
+    q: &groups::Query,
+    sel: &groups::Selection,
+    error: Option<&str>,
+    status: &pgw_raft::NodeStatus,
+) -> String {
+    let mut metrics = String::with_capacity(8192);
+    groups::render(&mut metrics, q, sel, app.settings.enable_admin_api, error);
+    let mut st = String::with_capacity(4096);
+    render_status(&mut st, app, status);
+    let sections = [
+        Section {
+            id: "metrics",
+            title: "Metrics",
+            html: metrics,
+        },
+        Section {
+            id: "status",
+            title: "Status",
+            html: st,
+        },
+    ];
+    let mut h = String::with_capacity(1024 + sections.iter().map(|s| s.html.len()).sum::<usize>());
     h.push_str(
         "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n\
          <meta name=\"robots\" content=\"noindex,nofollow\">\n\
          <title>Pushgateway (pgw)</title>\n\
          <link rel=\"stylesheet\" href=\"static/pgw.css\">\n\
          <script src=\"static/pgw.js\" defer></script>\n</head>\n<body>\n\
-         <header><h1>Pushgateway <small>pgw</small></h1>\
-         <nav><a href=\"#metrics\">Metrics</a> <a href=\"#status\">Status</a></nav></header>\n",
+         <header><h1>Pushgateway <small>pgw</small></h1><nav>",
     );
-    let _ = write!(
-        h,
-        "<section id=\"metrics\">\n<h2>Metric groups <span class=\"count\">{}</span></h2>\n",
-        store.len()
-    );
-    if admin {
-        h.push_str(
-            "<p><button type=\"button\" class=\"danger\" data-wipe=\"api/v1/admin/wipe\">\
-             Delete all groups</button></p>\n",
-        );
+    for (i, s) in sections.iter().enumerate() {
+        if i > 0 {
+            h.push(' ');
+        }
+        let _ = write!(h, "<a href=\"#{}\">{}</a>", s.id, escape(s.title));
     }
-    if store.is_empty() {
-        h.push_str("<p class=\"empty\">No metric groups have been pushed.</p>\n");
+    h.push_str("</nav></header>\n");
+    for s in &sections {
+        h.push_str(&s.html);
     }
-    for (key, group) in store.groups() {
-        render_group(&mut h, key, group);
-    }
-    h.push_str("</section>\n");
-    render_status(&mut h, app, status);
     h.push_str("</body>\n</html>\n");
     h
-}
-
-fn label_badges(h: &mut String, pairs: impl IntoIterator<Item = (String, String)>) {
-    for (name, value) in pairs {
-        let class = match name.as_str() {
-            "job" => "job",
-            "instance" => "instance",
-            _ => "label",
-        };
-        let _ = write!(
-            h,
-            "<span class=\"badge {class}\">{}=&quot;{}&quot;</span> ",
-            escape(&name),
-            escape(&value)
-        );
-    }
-}
-
-fn render_group(h: &mut String, key: &GroupingKey, group: &Group) {
-    h.push_str("<details class=\"group\">\n<summary>");
-    label_badges(h, key.pairs().iter().cloned());
-    if !group.last_push_successful() {
-        h.push_str("<span class=\"badge failed\">Last push failed!</span> ");
-    }
-    let _ = write!(
-        h,
-        "<button type=\"button\" class=\"danger\" data-delete=\".{}\">Delete group</button>",
-        escape(&key.url_path())
-    );
-    let _ = writeln!(
-        h,
-        "</summary>\n<p class=\"times\">Last push: {} · last failed push: {}</p>",
-        escape(&time_or_never(group.push_time_ns())),
-        escape(&time_or_never(group.push_failure_time_ns()))
-    );
-    for (name, sf) in &group.families {
-        let fam = &sf.family();
-        let _ = write!(
-            h,
-            "<details class=\"family\">\n<summary><code>{}</code> \
-             <span class=\"badge type\">{}</span> <span class=\"help\">{}</span> \
-             <span class=\"times\">last pushed: {}</span></summary>\n<pre>",
-            escape(name),
-            escape(fam.r#type().as_str_name()),
-            escape(fam.help()),
-            escape(&time_or_never(sf.time_ns))
-        );
-        h.push_str(&escape(&samples_text(fam)));
-        h.push_str("</pre>\n</details>\n");
-    }
-    h.push_str("</details>\n");
 }
 
 fn render_status(h: &mut String, app: &App, status: &pgw_raft::NodeStatus) {

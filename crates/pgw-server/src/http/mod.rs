@@ -282,7 +282,10 @@ async fn handle(
             crate::ui::static_asset(&caps),
             Instrument::handler("static"),
         ),
-        MainRoute::Status => (crate::ui::page(app).await, Instrument::handler("status")),
+        MainRoute::Status => (
+            crate::ui::page(app, parts.uri.query()).await,
+            Instrument::handler("status"),
+        ),
         MainRoute::Quit => (quit(app), None),
         MainRoute::QuitGet => (
             resp::plain(

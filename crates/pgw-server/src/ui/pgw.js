@@ -1,5 +1,6 @@
-// pgw web page: delete buttons. Paths come from data attributes and are relative to the
-// page, so they work under any route prefix.
+// pgw web page: delete buttons (search and paging are a GET form and plain links). Paths
+// come from data attributes and are relative to the page, so they work under any route
+// prefix.
 "use strict";
 document.addEventListener("DOMContentLoaded", function () {
   function send(method, path, done) {
@@ -26,9 +27,8 @@ document.addEventListener("DOMContentLoaded", function () {
     b.addEventListener("click", function (ev) {
       ev.preventDefault();
       if (!confirm("Do you really want to delete all metrics from all metric groups?")) { return; }
-      send("PUT", b.getAttribute("data-wipe"), function () {
-        document.querySelectorAll("details.group").forEach(function (g) { g.remove(); });
-      });
+      // Reload: the count, the pager and the other pages changed too.
+      send("PUT", b.getAttribute("data-wipe"), function () { location.reload(); });
     });
   });
 });
