@@ -90,13 +90,14 @@ pub fn content(store: &pgw_store::SharedStore) -> Vec<u8> {
 
 /// Reopens a storage directory whose previous stores were just dropped. sled's flusher
 /// thread may hold the directory lock for a moment after the last handle is dropped (longer
-/// with large values and a loaded machine), so a "lock" error is retried for up to 10 s.
+/// with large values and a loaded machine), so [`pgw_store::StoreError::InUse`] is retried for
+/// up to 10 s.
 pub fn reopen(dir: &std::path::Path) -> (pgw_store::LogStore, pgw_store::StateMachineStore) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
         match pgw_store::open(dir) {
             Ok(opened) => return opened,
-            Err(e) if std::time::Instant::now() < deadline && e.to_string().contains("lock") => {
+            Err(pgw_store::StoreError::InUse(_)) if std::time::Instant::now() < deadline => {
                 std::thread::sleep(std::time::Duration::from_millis(20));
             }
             Err(e) => panic!("reopen {}: {e}", dir.display()),
