@@ -17,6 +17,13 @@
 //! randomness and iterates only ordered maps, so the same command sequence yields the same
 //! store and the same rendered bytes on every replica.
 //!
+//! Contract on untrusted input: every decoder here (commands, the text format, delimited
+//! protobuf, snapshots) and `apply` are total and bounded. A [`Command::Batch`] cannot hold a
+//! batch, so nothing recurses on input; prost stops at 100 levels of message nesting; the
+//! text parser and `apply` are loops. A command decoded from another node is admitted by
+//! [`policy::check_command`] before it is proposed. The decoders are fuzzed
+//! (`fuzz_tests.rs`).
+//!
 //! Does not own: storage, networking, Raft, HTTP. This crate must not depend on tokio,
 //! openraft, sled, tonic or axum.
 

@@ -909,3 +909,22 @@ pub fn voter_ids(raft: &PgwRaft) -> BTreeMap<NodeId, Node> {
         .filter_map(|id| membership.get_node(&id).map(|n| (id, n.clone())))
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refusal_travels_in_its_status() {
+        for reason in Reason::ALL {
+            let r = Refusal {
+                reason,
+                message: format!("because {}", reason.as_str()),
+            };
+            let s = refusal_status(&r);
+            assert!(s.message().starts_with("refused: "), "{s:?}");
+            assert_eq!(refusal_of(&s), Some(r));
+        }
+        assert_eq!(refusal_of(&Status::unavailable("no leader")), None);
+    }
+}

@@ -894,6 +894,37 @@ pub fn format_duration(d: Duration) -> String {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn optional_limits_default_to_unlimited() {
+        let c = Config::try_parse_from(["pgw"]).unwrap();
+        assert_eq!(c.limits(), pgw_core::policy::Limits::default());
+        let c = Config::try_parse_from([
+            "pgw",
+            "--push.max-series=10",
+            "--push.max-labels-per-series=20",
+            "--push.max-label-value-bytes=30",
+            "--push.max-groups=40",
+        ])
+        .unwrap();
+        let l = c.limits();
+        assert_eq!(
+            (
+                l.max_series,
+                l.max_labels_per_series,
+                l.max_label_value_bytes,
+                l.max_groups
+            ),
+            (Some(10), Some(20), Some(30), Some(40))
+        );
+        let s = c.validate().unwrap();
+        assert_eq!(s.policy().limits, l);
+        assert_eq!(
+            s.flags.get("push.max-groups").map(String::as_str),
+            Some("40")
+        );
+    }
+
     use super::*;
 
     fn cfg(args: &[&str]) -> Config {
