@@ -30,6 +30,9 @@ use tonic::Code;
 use crate::support::{Kind, Proc, free_port, get, put, request, run_serial as run, wait_for};
 
 const TIMEOUT: Duration = Duration::from_secs(60);
+/// Bound of anything queued behind the wide push: its apply stores 8 million label pairs,
+/// tens of seconds in a debug build on a loaded machine (the bench measures the real cost).
+const WIDE_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// A single node with its cluster port open on loopback, self-metrics on `/self` (so that
 /// `/metrics` holds only pushed data), and `extra` flags.
@@ -390,22 +393,17 @@ fn a_wide_push_completes_and_other_writes_proceed() {
         let (path, body) = wide_push();
         let addr = p.addr;
         let wide = tokio::spawn(async move {
-            request(
-                addr,
-                "PUT",
-                &path,
-                &[],
-                body.as_bytes(),
-                Duration::from_secs(120),
-            )
-            .await
+            request(addr, "PUT", &path, &[], body.as_bytes(), WIDE_TIMEOUT).await
         });
         // Small writes to other groups while the wide one is under way: each completes.
         let mut small = Vec::new();
         for i in 0..5 {
             let addr = p.addr;
             small.push(tokio::spawn(async move {
-                put(addr, &format!("/metrics/job/small{i}"), "small 1\n").await
+                let path = format!("/metrics/job/small{i}");
+                request(addr, "PUT", &path, &[], b"small 1\n", WIDE_TIMEOUT)
+                    .await
+                    .map(|r| r.status)
             }));
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -441,29 +439,26 @@ fn a_write_not_confirmed_in_time_says_it_may_still_apply() {
         let (p, _) = node(&dir, "slow", &["--cluster.write-timeout=100ms"]).await;
         // The wide push takes far longer than 100 ms to apply.
         let (path, body) = wide_push();
-        let r = request(
-            p.addr,
-            "PUT",
-            &path,
-            &[],
-            body.as_bytes(),
-            Duration::from_secs(120),
-        )
-        .await
-        .expect("answered");
+        let r = request(p.addr, "PUT", &path, &[], body.as_bytes(), WIDE_TIMEOUT)
+            .await
+            .expect("answered");
         assert_eq!(r.status, 503, "{}", r.text());
         let text = r.text();
         assert!(text.contains("not confirmed"), "{text}");
         assert!(text.contains("may still be applied"), "{text}");
         assert!(!text.contains("no Raft leader"), "{text}");
-        wait_for("the unconfirmed write to be applied", TIMEOUT, || async {
-            let r = get(p.addr, "/api/v1/metrics", TIMEOUT).await?;
-            if r.text().contains("\"l1998\":\"v1998\"") {
-                Ok(())
-            } else {
-                Err("not yet".into())
-            }
-        })
+        wait_for(
+            "the unconfirmed write to be applied",
+            WIDE_TIMEOUT,
+            || async {
+                let r = get(p.addr, "/api/v1/metrics", TIMEOUT).await?;
+                if r.text().contains("\"l1998\":\"v1998\"") {
+                    Ok(())
+                } else {
+                    Err("not yet".into())
+                }
+            },
+        )
         .await;
     });
 }
