@@ -63,3 +63,27 @@ pub fn load_push(g: usize, series: usize, time_ns: i64) -> Command {
     let key = GroupingKey::from_pairs([("job", "load".to_string()), ("instance", format!("g{g}"))]);
     Command::Push(Push::new(key, true, time_ns, true, &families))
 }
+
+/// The push of issue 10's "wide key" case: a checked PUT to a group with `labels` grouping
+/// labels (`job` plus `l0000`…, values `v0000`…, as a URL
+/// `/metrics/job/wide/l0000/v0000/...` gives them) of `series` gauges
+/// `wide{s="<i>"}` (one family). Every stored series carries every grouping label, so apply
+/// stores `labels × series` label pairs.
+pub fn wide_push(labels: usize, series: usize, time_ns: i64) -> Command {
+    let mut pairs: Vec<(String, String)> = (0..labels.saturating_sub(1))
+        .map(|i| (format!("l{i:04}"), format!("v{i:04}")))
+        .collect();
+    pairs.push(("job".into(), "wide".into()));
+    let mut body = String::from("# TYPE wide gauge\n");
+    for i in 0..series {
+        body.push_str(&format!("wide{{s=\"{i}\"}} 1\n"));
+    }
+    let families = pgw_core::text::parse(body.as_bytes()).expect("benchmark body parses");
+    Command::Push(Push::new(
+        GroupingKey::from_pairs(pairs),
+        true,
+        time_ns,
+        true,
+        &families,
+    ))
+}

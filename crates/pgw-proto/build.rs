@@ -1,7 +1,10 @@
 //! Compiles `proto/pgw.proto` into tonic clients and servers with the vendored protoc, so the
 //! build needs no system protoc.
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let proto_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../proto");
+    // Read at run time, not `env!` at the build script's compile time: a build script binary
+    // reused from another checkout (a copied target dir) would compile that checkout's proto.
+    let manifest_dir = std::env::var("CARGO_MANIFEST_DIR")?;
+    let proto_dir = std::path::Path::new(&manifest_dir).join("../../proto");
     let file = proto_dir.join("pgw.proto");
     println!("cargo:rerun-if-changed={}", file.display());
     let mut cfg = prost_build::Config::new();

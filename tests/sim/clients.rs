@@ -340,6 +340,7 @@ pub(crate) async fn remove_member(
                     voters,
                     retain: false,
                     remove_nodes: vec![victim],
+                    ..Default::default()
                 })
                 .await
                 .map(drop)

@@ -618,6 +618,8 @@ async fn promote(
         voters: with(&voters, id).into_iter().collect(),
         retain: true,
         remove_nodes: Vec::new(),
+        force,
+        max_lag,
     };
     let reply = change_membership(client, req).await?;
     let msg = format!(
@@ -664,12 +666,16 @@ async fn member_remove(client: &Client, out: Format, id: u64, force: bool) -> Re
             voters: new.into_iter().collect(),
             retain: false,
             remove_nodes: vec![id],
+            force,
+            max_lag: 0,
         }
     } else {
         ChangeMembershipRequest {
             voters: voters.iter().copied().collect(),
             retain: false,
             remove_nodes: vec![id],
+            force,
+            max_lag: 0,
         }
     };
     let reply = change_membership(client, req).await?;

@@ -154,7 +154,8 @@ pub enum MemberCommand {
         /// How long --wait waits for the learner to catch up.
         #[arg(long, default_value = "5m", value_parser = parse_duration, value_name = "DURATION")]
         wait_timeout: Duration,
-        /// Promote even if the quorum check fails.
+        /// Skip pgwctl's own checks when promoting. The server still refuses to promote an
+        /// unreachable node or to lose quorum; --force only lets a lagging learner be promoted.
         #[arg(long)]
         force: bool,
     },
@@ -162,7 +163,8 @@ pub enum MemberCommand {
     Promote {
         /// The learner's id.
         id: u64,
-        /// Promote even if the learner lags or the quorum check fails.
+        /// Promote even if the learner lags. The server still refuses to promote an unreachable
+        /// node or to lose quorum, whatever this flag says.
         #[arg(long)]
         force: bool,
         /// The learner may be at most this many entries behind the leader.
@@ -173,7 +175,8 @@ pub enum MemberCommand {
     Remove {
         /// The member's id.
         id: u64,
-        /// Remove even if the cluster would lose quorum.
+        /// Skip pgwctl's own quorum check. The server still refuses a removal that would lose
+        /// quorum (kept for compatibility).
         #[arg(long)]
         force: bool,
     },

@@ -17,6 +17,8 @@ use crate::pb::MetricFamily;
 pub const COMMAND_FORMAT: u8 = 1;
 
 /// A write to the store, in the total order of the Raft log.
+///
+/// The variants' order is their encoding: never reorder them, only append.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Command {
     /// PUT (`replace`) or POST of metric families to a group.
@@ -40,7 +42,110 @@ pub enum Command {
     /// concurrent requests proposes them together, so one log append and one fsync serve them
     /// all). Applied in order, each exactly as if it were an entry of its own; the response is
     /// a [`CommandResponse::Batch`] with one response per command, in the same order.
-    Batch(Vec<Command>),
+    ///
+    /// Flat by construction: a [`BatchItem`] cannot hold a batch, so neither decoding nor
+    /// `apply` recurses on input. (Its first four variants encode exactly like those of
+    /// `Command`, so batches written before `BatchItem` existed decode unchanged.)
+    Batch(Vec<BatchItem>),
+    /// A push under `--push.max-groups`: the limit travels in the command, so every replica
+    /// refuses a push that would create a group beyond it alike (see
+    /// [`crate::store::GroupStore::apply`]). Only sent when the limit is set, so a cluster
+    /// that sets none writes nothing an older pgw cannot decode.
+    LimitedPush(LimitedPush),
+}
+
+/// One command of a [`Command::Batch`]: any command but a batch.
+///
+/// The variants' order is their encoding and matches [`Command`]'s for the first four.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum BatchItem {
+    /// As [`Command::Push`].
+    Push(Push),
+    /// As [`Command::Delete`].
+    Delete {
+        /// The group to delete.
+        key: GroupingKey,
+    },
+    /// As [`Command::Wipe`].
+    Wipe,
+    /// As [`Command::Replace`].
+    Replace {
+        /// The store snapshot.
+        #[serde(with = "serde_bytes_vec")]
+        snapshot: Vec<u8>,
+    },
+    /// As [`Command::LimitedPush`].
+    LimitedPush(LimitedPush),
+}
+
+/// A push with the store-dependent limit it is applied under.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LimitedPush {
+    /// The push.
+    pub push: Push,
+    /// `--push.max-groups` of the node that took the push: a push that would create a group
+    /// while the store already holds this many is refused and changes nothing.
+    pub max_groups: u64,
+}
+
+/// A single command, borrowed: what [`Command`] and [`BatchItem`] have in common.
+#[derive(Clone, Copy, Debug)]
+pub enum Op<'a> {
+    /// A push, with `--push.max-groups` when set.
+    Push(&'a Push, Option<u64>),
+    /// A delete.
+    Delete(&'a GroupingKey),
+    /// A wipe.
+    Wipe,
+    /// A restore.
+    Replace(&'a [u8]),
+}
+
+impl BatchItem {
+    /// This command, borrowed.
+    pub fn op(&self) -> Op<'_> {
+        match self {
+            BatchItem::Push(p) => Op::Push(p, None),
+            BatchItem::LimitedPush(l) => Op::Push(&l.push, Some(l.max_groups)),
+            BatchItem::Delete { key } => Op::Delete(key),
+            BatchItem::Wipe => Op::Wipe,
+            BatchItem::Replace { snapshot } => Op::Replace(snapshot),
+        }
+    }
+}
+
+impl Command {
+    /// The command as a batch item; a batch gives its items back as the error.
+    pub fn into_item(self) -> Result<BatchItem, Vec<BatchItem>> {
+        Ok(match self {
+            Command::Push(p) => BatchItem::Push(p),
+            Command::LimitedPush(l) => BatchItem::LimitedPush(l),
+            Command::Delete { key } => BatchItem::Delete { key },
+            Command::Wipe => BatchItem::Wipe,
+            Command::Replace { snapshot } => BatchItem::Replace { snapshot },
+            Command::Batch(items) => return Err(items),
+        })
+    }
+
+    /// A push under `max_groups` (`None`: unlimited, a plain [`Command::Push`]).
+    pub fn push(push: Push, max_groups: Option<u64>) -> Command {
+        match max_groups {
+            None => Command::Push(push),
+            Some(max_groups) => Command::LimitedPush(LimitedPush { push, max_groups }),
+        }
+    }
+
+    /// This command, borrowed, unless it is a batch.
+    pub fn op(&self) -> Option<Op<'_>> {
+        Some(match self {
+            Command::Push(p) => Op::Push(p, None),
+            Command::LimitedPush(l) => Op::Push(&l.push, Some(l.max_groups)),
+            Command::Delete { key } => Op::Delete(key),
+            Command::Wipe => Op::Wipe,
+            Command::Replace { snapshot } => Op::Replace(snapshot),
+            Command::Batch(_) => return None,
+        })
+    }
 }
 
 /// A push, as taken by the receiving node.
@@ -97,8 +202,61 @@ pub enum CommandResponse {
     /// Rejected by validation or the consistency check (400): nothing changed except the
     /// group's `push_failure_time_seconds`. The message is the full response body line.
     Rejected(String),
-    /// The responses to the commands of a [`Command::Batch`], in order.
-    Batch(Vec<CommandResponse>),
+    /// The responses to the commands of a [`Command::Batch`], in order. Flat like the batch.
+    Batch(Vec<ItemResponse>),
+    /// Refused by a limit that depends on the store (`--push.max-groups`), before anything
+    /// changed: not even `push_failure_time_seconds` is recorded. `reason` is the self-metric
+    /// label, `message` the response body.
+    Refused {
+        /// Self-metric reason label, e.g. `max_groups`.
+        reason: String,
+        /// The message for the client.
+        message: String,
+    },
+}
+
+/// The outcome of one command of a batch: a [`CommandResponse`] that is not a batch.
+///
+/// The variants' order is their encoding; the first two match [`CommandResponse`]'s.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ItemResponse {
+    /// As [`CommandResponse::Applied`].
+    Applied,
+    /// As [`CommandResponse::Rejected`].
+    Rejected(String),
+    /// As [`CommandResponse::Refused`].
+    Refused {
+        /// Self-metric reason label.
+        reason: String,
+        /// The message for the client.
+        message: String,
+    },
+}
+
+impl From<ItemResponse> for CommandResponse {
+    fn from(r: ItemResponse) -> Self {
+        match r {
+            ItemResponse::Applied => CommandResponse::Applied,
+            ItemResponse::Rejected(m) => CommandResponse::Rejected(m),
+            ItemResponse::Refused { reason, message } => {
+                CommandResponse::Refused { reason, message }
+            }
+        }
+    }
+}
+
+impl CommandResponse {
+    /// The response as one of a batch (`None` for a batch).
+    pub fn into_item(self) -> Option<ItemResponse> {
+        Some(match self {
+            CommandResponse::Applied => ItemResponse::Applied,
+            CommandResponse::Rejected(m) => ItemResponse::Rejected(m),
+            CommandResponse::Refused { reason, message } => {
+                ItemResponse::Refused { reason, message }
+            }
+            CommandResponse::Batch(_) => return None,
+        })
+    }
 }
 
 /// Errors decoding a command or response.

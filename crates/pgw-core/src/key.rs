@@ -52,6 +52,36 @@ impl GroupingKey {
     pub fn job(&self) -> &str {
         self.get("job").unwrap_or("")
     }
+
+    /// Checks that this key is one [`parse`] can produce: label names unique and sorted,
+    /// each matching `[a-zA-Z_][a-zA-Z0-9_]*` without a leading `__`, and a non-empty `job`.
+    /// A key decoded from bytes (a forwarded command) may be anything; [`GroupingKey::get`],
+    /// the store and rendering rely on this. Linear in the key's size.
+    ///
+    /// # Errors
+    /// [`KeyError::LabelName`], [`KeyError::NotCanonical`] or [`KeyError::JobRequired`].
+    pub fn check(&self) -> Result<(), KeyError> {
+        let mut previous: Option<&str> = None;
+        for (name, _) in &self.0 {
+            if !is_label_name(name.as_bytes()) || name.starts_with("__") {
+                return Err(KeyError::LabelName(crate::policy::clip(name, 200)));
+            }
+            if previous.is_some_and(|p| p >= name.as_str()) {
+                return Err(KeyError::NotCanonical(crate::policy::clip(name, 200)));
+            }
+            previous = Some(name);
+        }
+        if self.job().is_empty() {
+            return Err(KeyError::JobRequired);
+        }
+        Ok(())
+    }
+
+    /// A key with exactly these pairs, unchecked (tests of forged input).
+    #[cfg(test)]
+    pub(crate) fn forged_for_tests(pairs: Vec<(String, String)>) -> Self {
+        GroupingKey(pairs)
+    }
 }
 
 /// A malformed push or delete URL (spec §3). `Display` is the reference's message; the HTTP
@@ -89,6 +119,9 @@ pub enum KeyError {
     /// A label value (or the job) that is not valid UTF-8 (fixes quirk Q3).
     #[error("invalid UTF-8 in value of label {}", GoQuote(.0))]
     NotUtf8(String),
+    /// A decoded key whose label names are not unique and sorted (never from a URL).
+    #[error("label {} is out of order or repeated in the grouping key", GoQuote(.0))]
+    NotCanonical(String),
 }
 
 /// The suffix of a label name (or of the `job` route segment) whose value is base64url.

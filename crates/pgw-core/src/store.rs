@@ -12,7 +12,7 @@ use std::hash::{BuildHasherDefault, Hasher};
 use std::ops::Bound;
 use std::sync::{Arc, OnceLock};
 
-use crate::command::{Command, CommandResponse, Payload, Push};
+use crate::command::{Command, CommandResponse, ItemResponse, Op, Payload, Push};
 use crate::key::GroupingKey;
 use crate::pb::{Gauge, LabelPair, Metric, MetricFamily, MetricType};
 use crate::render::{Rendered, Run};
@@ -413,6 +413,26 @@ impl GroupingKey {
 pub const REJECT_PREFIX: &str =
     "pushed metrics are invalid or inconsistent with existing metrics: ";
 
+/// Self-metric reason of a push refused by `--push.max-groups`.
+pub const MAX_GROUPS_REASON: &str = "max_groups";
+
+/// The message of a push refused by `--push.max-groups`.
+fn max_groups_message(max: u64, key: &GroupingKey) -> String {
+    let labels: Vec<String> = key
+        .pairs()
+        .iter()
+        .take(8)
+        .map(|(k, v)| format!("{k}={:?}", crate::policy::clip(v, 64)))
+        .collect();
+    let more = if key.pairs().len() > 8 { ",..." } else { "" };
+    format!(
+        "the store already holds {max} groups, the limit set by --push.max-groups; this push \
+         would create another group ({{{}{more}}}): delete groups that are no longer needed or \
+         raise --push.max-groups",
+        labels.join(",")
+    )
+}
+
 const TIMESTAMP_ERROR: &str = "pushed metrics must not have timestamps";
 
 impl GroupStore {
@@ -425,7 +445,33 @@ impl GroupStore {
     pub fn apply(&mut self, cmd: &Command) -> (CommandResponse, Effect) {
         self.generation = next_generation();
         match cmd {
-            Command::Delete { key } => match self.groups.remove(key) {
+            // Flat by construction: a batch item is never a batch, so this does not recurse.
+            Command::Batch(items) => {
+                let mut responses = Vec::with_capacity(items.len());
+                let mut effects = Vec::with_capacity(items.len());
+                for item in items {
+                    let (response, effect) = self.apply_op(item.op());
+                    responses.push(response.into_item().unwrap_or_else(|| {
+                        ItemResponse::Rejected("internal error: nested batch response".into())
+                    }));
+                    if effect != Effect::None {
+                        effects.push(effect);
+                    }
+                }
+                (CommandResponse::Batch(responses), Effect::Many(effects))
+            }
+            Command::Push(p) => self.apply_op(Op::Push(p, None)),
+            Command::LimitedPush(l) => self.apply_op(Op::Push(&l.push, Some(l.max_groups))),
+            Command::Delete { key } => self.apply_op(Op::Delete(key)),
+            Command::Wipe => self.apply_op(Op::Wipe),
+            Command::Replace { snapshot } => self.apply_op(Op::Replace(snapshot)),
+        }
+    }
+
+    /// Applies one command that is not a batch; never answers with a batch response.
+    fn apply_op(&mut self, op: Op<'_>) -> (CommandResponse, Effect) {
+        match op {
+            Op::Delete(key) => match self.groups.remove(key) {
                 Some(group) => {
                     for (name, sf) in &group.families {
                         self.index.remove(key, name, sf);
@@ -434,26 +480,29 @@ impl GroupStore {
                 }
                 None => (CommandResponse::Applied, Effect::None),
             },
-            Command::Wipe => {
+            Op::Wipe => {
                 self.groups.clear();
                 self.index = FamilyIndex::default();
                 self.maybe_inconsistent = false;
                 (CommandResponse::Applied, Effect::Wiped)
             }
-            Command::Push(push) => self.apply_push(push),
-            Command::Batch(cmds) => {
-                let mut responses = Vec::with_capacity(cmds.len());
-                let mut effects = Vec::with_capacity(cmds.len());
-                for cmd in cmds {
-                    let (response, effect) = self.apply(cmd);
-                    responses.push(response);
-                    if effect != Effect::None {
-                        effects.push(effect);
-                    }
+            Op::Push(push, max_groups) => {
+                if let Some(max) = max_groups
+                    && !self.groups.contains_key(&push.key)
+                    && self.groups.len() as u64 >= max
+                {
+                    // Decided from the command and the store only: every replica alike.
+                    return (
+                        CommandResponse::Refused {
+                            reason: MAX_GROUPS_REASON.into(),
+                            message: max_groups_message(max, &push.key),
+                        },
+                        Effect::None,
+                    );
                 }
-                (CommandResponse::Batch(responses), Effect::Many(effects))
+                self.apply_push(push)
             }
-            Command::Replace { snapshot } => match GroupStore::decode_snapshot(snapshot) {
+            Op::Replace(snapshot) => match GroupStore::decode_snapshot(snapshot) {
                 Ok(mut restored) => {
                     // The push clock stays monotone across a restore.
                     restored.clock_ns = restored.clock_ns.max(self.clock_ns);
@@ -487,8 +536,9 @@ impl GroupStore {
         }
         // The synthetic families always win over pushed ones of the same name.
         families.retain(|f| f.name() != PUSH_TIME && f.name() != PUSH_FAILURE_TIME);
+        let mut sanitizer = validate::Sanitizer::new(key);
         for f in &mut families {
-            validate::sanitize(f, key);
+            sanitizer.sanitize(f);
         }
         if push.check {
             if let Err(msg) = self.check_push(key, push.replace, &families) {

@@ -817,11 +817,11 @@ fn render_cache_follows_every_change() {
     check(&s);
     s.apply(&Command::Delete { key: a.clone() });
     check(&s);
-    s.apply(&Command::Batch(vec![
+    s.apply(&Command::Batch(items(vec![
         push(&a, true, T1 + 5, &[own(7.0)]),
         Command::Delete { key: b.clone() },
         push(&b, true, T1 + 6, &[shared(8.0)]),
-    ]));
+    ])));
     check(&s);
     s.apply(&Command::Wipe);
     check(&s);
@@ -861,14 +861,187 @@ fn a_batch_applies_like_its_commands_one_by_one() {
     let mut one_by_one = GroupStore::new();
     let expected: Vec<CommandResponse> = cmds.iter().map(|c| one_by_one.apply(c).0).collect();
     let mut batched = GroupStore::new();
-    let (resp, effect) = batched.apply(&Command::Batch(cmds.clone()));
-    assert_eq!(resp, CommandResponse::Batch(expected.clone()));
+    let (resp, effect) = batched.apply(&Command::Batch(items(cmds.clone())));
+    let expected_items: Vec<ItemResponse> = expected
+        .iter()
+        .map(|r| r.clone().into_item().unwrap())
+        .collect();
+    assert_eq!(resp, CommandResponse::Batch(expected_items.clone()));
     assert!(matches!(expected[1], CommandResponse::Rejected(_)));
     assert!(matches!(effect, Effect::Many(ref e) if e.len() == cmds.len()));
     assert_eq!(batched.encode_snapshot(), one_by_one.encode_snapshot());
     // Round trip through the command codec.
-    let enc = Command::Batch(cmds.clone()).encode();
-    assert_eq!(Command::decode(&enc).unwrap(), Command::Batch(cmds));
-    let r = CommandResponse::Batch(expected);
+    let enc = Command::Batch(items(cmds.clone())).encode();
+    assert_eq!(Command::decode(&enc).unwrap(), Command::Batch(items(cmds)));
+    let r = CommandResponse::Batch(expected_items);
     assert_eq!(CommandResponse::decode(&r.encode()).unwrap(), r);
+}
+
+fn items(cmds: Vec<Command>) -> Vec<crate::command::BatchItem> {
+    cmds.into_iter().map(|c| c.into_item().unwrap()).collect()
+}
+
+#[test]
+fn max_groups_refuses_a_new_group_and_changes_nothing() {
+    let mut s = GroupStore::new();
+    let (a, b) = (key(&[("job", "a")]), key(&[("job", "b")]));
+    let limited = |k: &GroupingKey, t: i64| {
+        Command::push(
+            Push::new(k.clone(), true, t, true, &[gauge("g", 1.0)]),
+            Some(1),
+        )
+    };
+    assert_eq!(s.apply(&limited(&a, T1)).0, CommandResponse::Applied);
+    let before = s.encode_snapshot();
+    let (resp, effect) = s.apply(&limited(&b, T1 + 5));
+    match resp {
+        CommandResponse::Refused { reason, message } => {
+            assert_eq!(reason, MAX_GROUPS_REASON);
+            assert!(message.contains("--push.max-groups"), "{message}");
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    assert_eq!(effect, Effect::None);
+    // Nothing changed, not even the push clock.
+    assert_eq!(s.encode_snapshot(), before);
+    // An existing group may still be pushed to.
+    assert_eq!(s.apply(&limited(&a, T1 + 6)).0, CommandResponse::Applied);
+    // In a batch, the refusal is one item's response.
+    let (resp, _) = s.apply(&Command::Batch(items(vec![
+        limited(&b, T1 + 7),
+        push(&b, true, T1 + 8, &[gauge("h", 1.0)]),
+    ])));
+    match resp {
+        CommandResponse::Batch(r) => {
+            assert!(matches!(r[0], ItemResponse::Refused { .. }), "{r:?}");
+            assert_eq!(r[1], ItemResponse::Applied);
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+/// The sanitiser as it was (one scan of the sample's labels per grouping label), kept as
+/// the oracle of the linear one.
+fn sanitize_quadratic(family: &mut MetricFamily, key: &GroupingKey) {
+    for m in &mut family.metric {
+        for (name, value) in key.pairs() {
+            let mut found = false;
+            for lp in m.label.iter_mut().filter(|lp| lp.name() == name) {
+                lp.value = Some(value.clone());
+                found = true;
+            }
+            if !found {
+                m.label.push(LabelPair {
+                    name: Some(name.clone()),
+                    value: Some(value.clone()),
+                });
+            }
+        }
+        if !m.label.iter().any(|lp| lp.name() == "instance") {
+            m.label.push(LabelPair {
+                name: Some("instance".into()),
+                value: Some(String::new()),
+            });
+        }
+        m.label.sort_by(|a, b| a.name().cmp(b.name()));
+    }
+}
+
+proptest::proptest! {
+    #[test]
+    fn linear_sanitize_matches_the_reference_order(
+        key_pairs in proptest::collection::vec(("[a-e]{1,2}|instance|job", "[xy]{0,2}"), 0..6),
+        samples in proptest::collection::vec(
+            proptest::collection::vec(("[a-e]{1,2}|instance|job|zz", "[pq]{0,2}"), 0..6), 0..4),
+    ) {
+        let mut pairs = key_pairs;
+        pairs.push(("job".into(), "j".into()));
+        let k = GroupingKey::from_pairs(pairs);
+        let fam = MetricFamily {
+            name: Some("m".into()),
+            metric: samples
+                .iter()
+                .map(|labels| Metric {
+                    label: labels
+                        .iter()
+                        .map(|(n, v)| LabelPair { name: Some(n.clone()), value: Some(v.clone()) })
+                        .collect(),
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        };
+        let mut fast = fam.clone();
+        validate::sanitize(&mut fast, &k);
+        let mut slow = fam;
+        sanitize_quadratic(&mut slow, &k);
+        proptest::prop_assert_eq!(fast, slow);
+    }
+}
+
+/// The `Command` of format 1 before batches were flat: the encoding of logs written then.
+#[derive(serde::Serialize)]
+enum OldCommand {
+    Push(Push),
+    Delete {
+        key: GroupingKey,
+    },
+    Wipe,
+    #[allow(dead_code)]
+    Replace {
+        snapshot: Vec<u8>,
+    },
+    Batch(Vec<OldCommand>),
+}
+
+#[test]
+fn batches_written_before_flat_batches_decode_unchanged() {
+    let a = key(&[("job", "a")]);
+    let p = Push::new(a.clone(), true, T1, true, &[gauge("g", 1.0)]);
+    let old = OldCommand::Batch(vec![
+        OldCommand::Push(p.clone()),
+        OldCommand::Delete { key: a.clone() },
+        OldCommand::Wipe,
+    ]);
+    let bytes = postcard::to_extend(&old, vec![crate::command::COMMAND_FORMAT]).unwrap();
+    assert_eq!(
+        Command::decode(&bytes).unwrap(),
+        Command::Batch(vec![
+            crate::command::BatchItem::Push(p.clone()),
+            crate::command::BatchItem::Delete { key: a },
+            crate::command::BatchItem::Wipe,
+        ])
+    );
+    // And a single command encodes exactly as before.
+    let single = postcard::to_extend(&OldCommand::Push(p.clone()), vec![1]).unwrap();
+    assert_eq!(Command::Push(p).encode(), single);
+}
+
+#[test]
+fn a_deeply_nested_batch_is_refused_without_recursion() {
+    // Format 1, then `Batch` of one `Batch` of one ..., 8,000 deep (16 kB), as a forged
+    // forwarded write would carry it. The flat type reads the inner tag as a batch item and
+    // fails on what follows; nothing recurses.
+    let mut bytes = vec![crate::command::COMMAND_FORMAT];
+    for _ in 0..8000 {
+        bytes.extend_from_slice(&[4, 1]);
+    }
+    bytes.push(2);
+    // Run on a small stack, so a recursive decoder would overflow here.
+    let outcome = std::thread::Builder::new()
+        .stack_size(64 * 1024)
+        .spawn(move || {
+            let decoded = Command::decode(&bytes);
+            if let Ok(cmd) = &decoded {
+                let mut s = GroupStore::new();
+                s.apply(cmd);
+            }
+            decoded.is_err()
+        })
+        .unwrap()
+        .join();
+    assert!(
+        outcome.is_ok(),
+        "decoding a nested batch overflowed the stack"
+    );
 }

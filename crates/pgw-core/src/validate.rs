@@ -47,6 +47,24 @@ pub const RESERVED: &[ReservedFamily] = &[
         present_at_start: true,
     },
     ReservedFamily {
+        name: "pgw_cluster_refused_admin_requests_total",
+        r#type: MetricType::Counter,
+        help: "Admin requests (membership changes, restores) this node refused by its safety rules.",
+        present_at_start: true,
+    },
+    ReservedFamily {
+        name: "pgw_cluster_refused_forwarded_writes_total",
+        r#type: MetricType::Counter,
+        help: "Forwarded writes this node refused before proposing them, by reason.",
+        present_at_start: true,
+    },
+    ReservedFamily {
+        name: "pgw_push_rejected_total",
+        r#type: MetricType::Counter,
+        help: "Pushes this node answered with a refusal by a --push.max-* limit, by reason.",
+        present_at_start: true,
+    },
+    ReservedFamily {
         name: "pgw_raft_applied_index",
         r#type: MetricType::Gauge,
         help: "Highest Raft log index applied to this node's store.",
@@ -240,27 +258,88 @@ pub fn type_name(t: MetricType) -> &'static str {
 /// (stable, so duplicates stay adjacent for the check), as the reference's
 /// `sanitizeLabels` does.
 pub fn sanitize(family: &mut MetricFamily, key: &GroupingKey) {
-    for m in &mut family.metric {
-        for (name, value) in key.pairs() {
-            let mut found = false;
-            for lp in m.label.iter_mut().filter(|lp| lp.name() == name) {
-                lp.value = Some(value.clone());
-                found = true;
+    Sanitizer::new(key).sanitize(family);
+}
+
+/// [`sanitize`] for many families of one push, reusing its scratch space.
+///
+/// Cost: per sample O(P log P + K) for P pushed labels and K grouping labels (a binary search
+/// in the sorted key per pushed label, then one merge of two sorted lists), so a push costs
+/// time linear in its samples × grouping labels, the size of what it stores. (It used to
+/// scan the sample's labels once per grouping label: O(K² × samples), 21 s for 2,000
+/// grouping labels × 4,000 samples.)
+pub struct Sanitizer<'k> {
+    key: &'k GroupingKey,
+    /// Per grouping label: did the sample have it?
+    seen: Vec<bool>,
+    /// The grouping labels a sample lacks (and `instance=""` when it lacks one), sorted.
+    added: Vec<LabelPair>,
+}
+
+impl<'k> Sanitizer<'k> {
+    /// A sanitiser for pushes to `key`.
+    pub fn new(key: &'k GroupingKey) -> Self {
+        Sanitizer {
+            key,
+            seen: Vec::with_capacity(key.pairs().len()),
+            added: Vec::new(),
+        }
+    }
+
+    /// Sanitises every sample of `family` (see [`sanitize`]).
+    pub fn sanitize(&mut self, family: &mut MetricFamily) {
+        let key: &'k GroupingKey = self.key;
+        let pairs = key.pairs();
+        for m in &mut family.metric {
+            self.seen.clear();
+            self.seen.resize(pairs.len(), false);
+            let mut has_instance = false;
+            for lp in m.label.iter_mut() {
+                let name = lp.name();
+                if name == "instance" {
+                    has_instance = true;
+                }
+                if let Ok(i) = pairs.binary_search_by(|(k, _)| k.as_str().cmp(name)) {
+                    lp.value = Some(pairs[i].1.clone());
+                    self.seen[i] = true;
+                }
             }
-            if !found {
-                m.label.push(LabelPair {
+            self.added.clear();
+            for ((name, value), _) in pairs.iter().zip(&self.seen).filter(|(_, s)| !**s) {
+                if name == "instance" {
+                    has_instance = true;
+                }
+                self.added.push(LabelPair {
                     name: Some(name.clone()),
                     value: Some(value.clone()),
                 });
             }
+            if !has_instance {
+                let at = self.added.partition_point(|lp| lp.name() < "instance");
+                self.added.insert(
+                    at,
+                    LabelPair {
+                        name: Some("instance".into()),
+                        value: Some(String::new()),
+                    },
+                );
+            }
+            // The pushed labels, stably sorted (few), merged with the added ones (sorted,
+            // and never equal in name to a pushed one): the same order as a stable sort of
+            // pushed ++ added, pushed first on ties.
+            let mut pushed = std::mem::take(&mut m.label);
+            pushed.sort_by(|a, b| a.name().cmp(b.name()));
+            let mut out = Vec::with_capacity(pushed.len() + self.added.len());
+            let mut added = self.added.drain(..).peekable();
+            for lp in pushed {
+                while let Some(a) = added.next_if(|a| a.name() < lp.name()) {
+                    out.push(a);
+                }
+                out.push(lp);
+            }
+            out.extend(added);
+            m.label = out;
         }
-        if !m.label.iter().any(|lp| lp.name() == "instance") {
-            m.label.push(LabelPair {
-                name: Some("instance".into()),
-                value: Some(String::new()),
-            });
-        }
-        m.label.sort_by(|a, b| a.name().cmp(b.name()));
     }
 }
 

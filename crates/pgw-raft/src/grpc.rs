@@ -3,8 +3,15 @@
 //! backup and restore).
 //!
 //! # Protocol safety
-//! These services drive consensus and membership. They are for trusted cluster members and
-//! the admin CLI only, and have no authentication: never expose the cluster port to clients.
+//! These services drive consensus and membership. They are for cluster members and the admin
+//! CLI only: never expose the cluster port to clients. Even so they trust nothing they decode:
+//!
+//! - `ForwardWrite` admits a command exactly as the node's HTTP API would
+//!   ([`pgw_core::policy::check_command`]): a refused one gets a gRPC error carrying the reason
+//!   ([`REFUSED_METADATA`]), is logged with the peer's address, counted, and changes nothing;
+//! - snapshot and restore streams are bounded by `--cluster.max-snapshot-bytes`;
+//! - `AddLearner` (with promote) and `ChangeMembership` enforce pgwctl's quorum-safety rules
+//!   in the server (`AdminGrpc::check_change`); `force` overrides only the lag rule.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Cursor;
@@ -14,6 +21,7 @@ use std::time::Duration;
 
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::{ChangeMembers, Snapshot, SnapshotMeta, Vote};
+use pgw_core::policy::{Reason, Refusal};
 use pgw_core::{Command, CommandResponse, GroupStore};
 use pgw_proto::v1::admin_service_server::AdminService;
 use pgw_proto::v1::raft_service_server::RaftService;
@@ -56,10 +64,68 @@ pub struct RaftGrpc {
 }
 
 impl RaftGrpc {
-    /// Serves `raft`.
+    /// Serves `raft`, admitting forwarded writes under the node's policy.
     pub(crate) fn new(raft: PgwRaft, node: Arc<crate::NodeShared>) -> Self {
         RaftGrpc { raft, node }
     }
+
+    /// Refuses a forwarded command: logs it with the peer's address, counts it, and builds
+    /// the gRPC error that carries the reason to the forwarding node.
+    fn refuse(&self, peer: &str, refusal: Refusal) -> Status {
+        tracing::warn!(
+            peer,
+            reason = refusal.reason.as_str(),
+            error = %refusal.message,
+            "refused a forwarded write; nothing was changed"
+        );
+        self.node.counters.count_refused_forward(refusal.reason);
+        refusal_status(&refusal)
+    }
+}
+
+/// Forwarded commands larger than this are decoded and checked on the blocking pool.
+const OFFLOAD_BYTES: usize = 256 * 1024;
+
+/// Metadata key of a refused forwarded write: the [`Reason`] label. The forwarding node
+/// relays the refusal to its client ([`refusal_of`]).
+pub const REFUSED_METADATA: &str = "x-pgw-refused";
+
+/// The gRPC error of a refused forwarded write.
+fn refusal_status(r: &Refusal) -> Status {
+    let code = match r.reason.http_status() {
+        413 => tonic::Code::ResourceExhausted,
+        403 => tonic::Code::PermissionDenied,
+        _ => tonic::Code::InvalidArgument,
+    };
+    let mut status = Status::new(code, format!("refused: {}", r.message));
+    status.metadata_mut().insert(
+        REFUSED_METADATA,
+        tonic::metadata::MetadataValue::from_static(r.reason.as_str()),
+    );
+    status
+}
+
+/// The refusal a [`REFUSED_METADATA`] error carries, if it is one.
+pub fn refusal_of(s: &Status) -> Option<Refusal> {
+    let reason = s
+        .metadata()
+        .get(REFUSED_METADATA)
+        .and_then(|v| v.to_str().ok())
+        .and_then(Reason::from_label)?;
+    let message = s.message();
+    Some(Refusal {
+        reason,
+        message: message
+            .strip_prefix("refused: ")
+            .unwrap_or(message)
+            .to_string(),
+    })
+}
+
+/// The peer's address for logs ("unknown" when the transport does not tell).
+fn peer_of<T>(req: &Request<T>) -> String {
+    req.remote_addr()
+        .map_or_else(|| "unknown".to_string(), |a| a.to_string())
 }
 
 /// Metadata key set on the UNAVAILABLE answer of a leader that has no contact with a quorum:
@@ -104,14 +170,27 @@ impl RaftService for RaftGrpc {
         &self,
         req: Request<Streaming<SnapshotChunk>>,
     ) -> Result<Response<RaftReply>, Status> {
+        let peer = peer_of(&req);
         let mut stream = req.into_inner();
         let mut vote: Option<Vote<NodeId>> = None;
         let mut meta: Option<SnapshotMeta<NodeId, Node>> = None;
         let mut data = Vec::new();
+        let max = self.node.max_snapshot_bytes;
         while let Some(chunk) = stream.message().await? {
             if vote.is_none() {
                 vote = Some(codec::decode(&chunk.vote).map_err(bad_request)?);
                 meta = Some(codec::decode(&chunk.meta).map_err(bad_request)?);
+            }
+            if (data.len() + chunk.data.len()) as u64 > max {
+                tracing::warn!(
+                    peer,
+                    max,
+                    "refused a snapshot larger than --cluster.max-snapshot-bytes"
+                );
+                return Err(Status::resource_exhausted(format!(
+                    "the snapshot is larger than {max} bytes, this node's \
+                     --cluster.max-snapshot-bytes; raise it on every node"
+                )));
             }
             data.extend_from_slice(&chunk.data);
         }
@@ -129,8 +208,48 @@ impl RaftService for RaftGrpc {
         &self,
         req: Request<ForwardWriteRequest>,
     ) -> Result<Response<ForwardWriteReply>, Status> {
+        let peer = peer_of(&req);
         let req = req.into_inner();
-        let cmd = Command::decode(&req.command).map_err(|e| bad_request(e.to_string()))?;
+        // Nothing decoded here is trusted: the command is admitted exactly as if it had come
+        // through this node's HTTP API (pgw_core::policy::check_command) before it is proposed.
+        let max = self.node.policy.max_command_bytes();
+        if req.command.len() > max {
+            return Err(self.refuse(
+                &peer,
+                Refusal {
+                    reason: Reason::PayloadTooLarge,
+                    message: format!(
+                        "the forwarded command has {} bytes, more than {max} (derived from \
+                         --push.max-body-bytes)",
+                        req.command.len()
+                    ),
+                },
+            ));
+        }
+        let policy = self.node.policy;
+        let bytes = req.command.clone();
+        let admit = move || -> Result<Command, Refusal> {
+            let cmd = Command::decode(&bytes).map_err(|e| Refusal {
+                reason: Reason::UndecodablePayload,
+                message: format!("the forwarded command does not decode: {e}"),
+            })?;
+            pgw_core::policy::check_command(&cmd, &policy)?;
+            Ok(cmd)
+        };
+        // A large command is decoded and checked on the blocking pool, as the HTTP layer
+        // parses large bodies. (Small ones inline: a simulated runtime has no blocking pool
+        // whose timing it controls.)
+        let admitted = if req.command.len() > OFFLOAD_BYTES {
+            tokio::task::spawn_blocking(admit).await.map_err(|e| {
+                Status::internal(format!("checking the forwarded write failed: {e}"))
+            })?
+        } else {
+            admit()
+        };
+        let cmd = match admitted {
+            Ok(cmd) => cmd,
+            Err(r) => return Err(self.refuse(&peer, r)),
+        };
         // Fencing: only the leader of the term the sender addressed takes the write. A copy
         // that arrives late (held in a partition) after the sender retried it elsewhere finds
         // this node in a newer term, or not leading, and is refused: applying it now would put
@@ -328,6 +447,117 @@ impl AdminGrpc {
     fn members(&self) -> Vec<Member> {
         members_of(&self.raft)
     }
+
+    /// Refuses an admin request: logs it with the peer's address and counts it.
+    fn refuse_admin(&self, peer: &str, what: &str, status: Status) -> Status {
+        tracing::warn!(peer, what, error = %status.message(), "refused an admin request; nothing was changed");
+        self.node
+            .counters
+            .refused_admin
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        status
+    }
+
+    /// The quorum-safety rules of a change of the voters from `old` to `new`, as pgwctl
+    /// applies them (same messages), enforced here so that a raw RPC cannot do what pgwctl
+    /// refuses:
+    ///
+    /// - a new voter must already be a member (a learner) and answer its status now;
+    /// - a new voter may lag the leader by at most `max_lag` entries (0: 1000), unless `force`;
+    /// - both the old and the new voter set must keep a reachable majority
+    ///   ([`pgw_proto::membership::check_quorum`]), and the new one must not be empty.
+    ///
+    /// `force` overrides only the lag rule: a lagging voter catches up on its own, while an
+    /// unreachable one or a lost quorum blocks every write until an operator intervenes.
+    async fn check_change(
+        &self,
+        old: &BTreeSet<NodeId>,
+        new: &BTreeSet<NodeId>,
+        force: bool,
+        max_lag: u64,
+    ) -> Result<(), Status> {
+        let m = self.raft.metrics().borrow().clone();
+        let membership = m.membership_config.membership();
+        let added: Vec<NodeId> = new.difference(old).copied().collect();
+        let removed: Vec<NodeId> = old.difference(new).copied().collect();
+        let what = match (added.first(), removed.first()) {
+            (Some(id), _) => format!("promote node {id}"),
+            (None, Some(id)) => format!("remove node {id}"),
+            (None, None) => "change the voters".to_string(),
+        };
+        for id in &added {
+            if membership.get_node(id).is_none() {
+                return Err(Status::failed_precondition(format!(
+                    "node {id} is not a member; add it first: `pgwctl member add {id} HOST:PORT --wait`"
+                )));
+            }
+        }
+        // Who answers now: this node, and every member of either set that answers its status.
+        let mut reachable = BTreeSet::from([self.node.id]);
+        let mut errors: BTreeMap<NodeId, String> = BTreeMap::new();
+        let asks = old
+            .union(new)
+            .filter(|id| **id != self.node.id)
+            .filter_map(|id| membership.get_node(id).map(|n| (*id, n.raft_addr.clone())))
+            .map(|(id, addr)| {
+                let channels = self.node.channels.clone();
+                async move { (id, crate::admin_status(&channels, &addr).await) }
+            });
+        for (id, answer) in futures::future::join_all(asks).await {
+            match answer {
+                Ok(_) => {
+                    reachable.insert(id);
+                }
+                Err(e) => {
+                    errors.insert(id, e);
+                }
+            }
+        }
+        let last = m.last_log_index.unwrap_or(0);
+        let max_lag = if max_lag == 0 { 1000 } else { max_lag };
+        for id in &added {
+            if let Some(e) = errors.get(id) {
+                return Err(Status::failed_precondition(format!(
+                    "refusing to promote node {id}: it is not reachable ({e}), and a voter that is \
+                     down counts against the quorum. Start it and wait until it has caught up \
+                     (--force does not override this)"
+                )));
+            }
+            if force {
+                continue;
+            }
+            let lag = m
+                .replication
+                .as_ref()
+                .and_then(|r| r.get(id))
+                .map(|matched| last.saturating_sub(matched.map_or(0, |l| l.index)));
+            match lag {
+                Some(lag) if lag > max_lag => {
+                    let addr = membership
+                        .get_node(id)
+                        .map(|n| n.raft_addr.clone())
+                        .unwrap_or_default();
+                    return Err(Status::failed_precondition(format!(
+                        "refusing to promote node {id}: it is {lag} entries behind the leader (at \
+                         most {max_lag} allowed). Wait until it has caught up (`pgwctl member add \
+                         {id} {addr} --wait` waits and promotes), or pass --force"
+                    )));
+                }
+                Some(_) => {}
+                None => {
+                    return Err(Status::failed_precondition(format!(
+                        "refusing to promote node {id}: the leader does not report its replication \
+                         lag; check `pgwctl status`, or pass --force"
+                    )));
+                }
+            }
+        }
+        pgw_proto::membership::check_quorum(old, new, &reachable).map_err(|e| {
+            Status::failed_precondition(format!(
+                "refusing to {what}: {e} (the server enforces this; --force does not override it)"
+            ))
+        })
+    }
 }
 
 /// Every member of the current membership, voters first, by id.
@@ -393,6 +623,7 @@ impl AdminService for AdminGrpc {
         &self,
         req: Request<AddLearnerRequest>,
     ) -> Result<Response<MembershipReply>, Status> {
+        let peer = peer_of(&req);
         let req = req.into_inner();
         let member = req
             .member
@@ -407,6 +638,22 @@ impl AdminService for AdminGrpc {
         }
         let already_voter = voter_ids(&self.raft).contains_key(&member.id);
         if !already_voter {
+            if req.promote
+                && let Err(e) = crate::admin_status(&self.node.channels, &member.raft_address).await
+            {
+                // Checked before adding: a blocking add waits for the learner to catch up,
+                // which an unreachable node never does.
+                return Err(self.refuse_admin(
+                    &peer,
+                    "add_learner",
+                    Status::failed_precondition(format!(
+                        "refusing to promote node {}: it is not reachable ({e}), and a voter \
+                         that is down counts against the quorum. Start it and wait until it has \
+                         caught up (--force does not override this)",
+                        member.id
+                    )),
+                ));
+            }
             let node = Node {
                 raft_addr: member.raft_address,
                 http_addr: member.http_address,
@@ -417,6 +664,12 @@ impl AdminService for AdminGrpc {
                 .await
                 .map_err(write_error)?;
             if req.promote {
+                let old: BTreeSet<NodeId> = voter_ids(&self.raft).into_keys().collect();
+                let mut new = old.clone();
+                new.insert(member.id);
+                if let Err(s) = self.check_change(&old, &new, false, 0).await {
+                    return Err(self.refuse_admin(&peer, "add_learner", s));
+                }
                 self.raft
                     .change_membership(
                         ChangeMembers::AddVoterIds(BTreeSet::from([member.id])),
@@ -435,6 +688,7 @@ impl AdminService for AdminGrpc {
         &self,
         req: Request<ChangeMembershipRequest>,
     ) -> Result<Response<MembershipReply>, Status> {
+        let peer = peer_of(&req);
         let req = req.into_inner();
         if self.raft.metrics().borrow().current_leader != Some(self.node.id) {
             return Err(self.not_leader());
@@ -449,6 +703,12 @@ impl AdminService for AdminGrpc {
         // retried request converges instead of proposing a new entry each time.
         let current: BTreeSet<NodeId> = voter_ids(&self.raft).into_keys().collect();
         if voters != current {
+            if let Err(s) = self
+                .check_change(&current, &voters, req.force, req.max_lag)
+                .await
+            {
+                return Err(self.refuse_admin(&peer, "change_membership", s));
+            }
             self.raft
                 .change_membership(ChangeMembers::ReplaceAllVoters(voters), req.retain)
                 .await
@@ -581,12 +841,24 @@ impl AdminService for AdminGrpc {
         req: Request<Streaming<RestoreChunk>>,
     ) -> Result<Response<RestoreReply>, Status> {
         self.check_restorable()?;
+        let peer = peer_of(&req);
         let mut stream = req.into_inner();
         let mut header: Option<(u64, u32, bool)> = None;
         let mut data = Vec::new();
+        let max = self.node.max_snapshot_bytes;
         while let Some(chunk) = stream.message().await? {
             let (total, _, _) =
                 *header.get_or_insert((chunk.total_size, chunk.data_crc32, chunk.force));
+            if total > max {
+                return Err(self.refuse_admin(
+                    &peer,
+                    "restore",
+                    Status::resource_exhausted(format!(
+                        "the backup has {total} bytes, more than {max}, this node's \
+                         --cluster.max-snapshot-bytes; raise it to restore this backup"
+                    )),
+                ));
+            }
             if data.is_empty() {
                 data.reserve(usize::try_from(total.min(1 << 30)).unwrap_or(0));
             }
@@ -650,7 +922,9 @@ impl AdminService for AdminGrpc {
                     series,
                 }))
             }
-            CommandResponse::Rejected(msg) => Err(Status::invalid_argument(msg)),
+            CommandResponse::Rejected(msg) | CommandResponse::Refused { message: msg, .. } => {
+                Err(Status::invalid_argument(msg))
+            }
             CommandResponse::Batch(_) => Err(Status::internal("unexpected batch response")),
         }
     }
@@ -664,4 +938,23 @@ pub fn voter_ids(raft: &PgwRaft) -> BTreeMap<NodeId, Node> {
         .voter_ids()
         .filter_map(|id| membership.get_node(&id).map(|n| (id, n.clone())))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refusal_travels_in_its_status() {
+        for reason in Reason::ALL {
+            let r = Refusal {
+                reason,
+                message: format!("because {}", reason.as_str()),
+            };
+            let s = refusal_status(&r);
+            assert!(s.message().starts_with("refused: "), "{s:?}");
+            assert_eq!(refusal_of(&s), Some(r));
+        }
+        assert_eq!(refusal_of(&Status::unavailable("no leader")), None);
+    }
 }

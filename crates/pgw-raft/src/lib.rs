@@ -9,8 +9,12 @@
 //!
 //! Does not own: HTTP (pgw-server), the data model (pgw-core), storage internals (pgw-store).
 //!
-//! The gRPC port carries Raft traffic, forwarded writes and membership changes without
-//! authentication: it is for trusted peers only.
+//! The gRPC port carries Raft traffic, forwarded writes and membership changes: it is for
+//! peers and admins only. Still, it trusts nothing it decodes: a forwarded write is admitted
+//! by [`pgw_core::policy::check_command`] under this node's [`NodeConfig::policy`] exactly as
+//! if it had come through HTTP; membership changes obey the quorum-safety rules in the server
+//! ([`grpc`]); every message and stream it receives has a size bound derived from the policy
+//! (`network::max_raft_message`, `--cluster.max-snapshot-bytes`).
 
 #![allow(clippy::result_large_err)]
 
@@ -31,6 +35,7 @@ use tokio::time::Instant;
 
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::{Config, Raft, RaftMetrics, ServerState, SnapshotPolicy};
+use pgw_core::policy::{Policy, Reason};
 use pgw_core::{Command, CommandResponse, GroupStore};
 use pgw_proto::v1::admin_service_client::AdminServiceClient;
 use pgw_proto::v1::admin_service_server::AdminServiceServer;
@@ -48,8 +53,9 @@ pub type PgwRaft = Raft<TypeConfig>;
 /// Why a write could not be answered with the command's outcome.
 #[derive(Clone, Debug, thiserror::Error)]
 pub enum WriteError {
-    /// No leader could take the write before the deadline (election, lost quorum): the HTTP
-    /// layer answers 503 with `Retry-After`.
+    /// No leader could take the write before the deadline (election, lost quorum), and the
+    /// write was never handed to one: nothing was applied. The HTTP layer answers 503 with
+    /// `Retry-After`.
     #[error("no Raft leader accepted the write within {0:?}; retry later")]
     Unavailable(Duration),
     /// The leader (this node, or the one a follower forwarded to) has not heard from a quorum
@@ -63,12 +69,35 @@ pub enum WriteError {
         .0.as_secs_f64()
     )]
     NoQuorum(Duration),
+    /// The write was proposed (or handed to a leader) but not confirmed committed and applied
+    /// here before `--cluster.write-timeout`: it may still be applied. The HTTP layer answers
+    /// 503 with this message.
+    #[error(
+        "the write was not confirmed within {0:?} (--cluster.write-timeout): it was handed to \
+         the Raft leader and may still be applied; check before retrying a change that is not \
+         idempotent"
+    )]
+    NotConfirmed(Duration),
+    /// The leader refused the forwarded command before proposing it (see
+    /// [`pgw_core::policy::check_command`]): nothing changed.
+    #[error("{0}")]
+    Refused(pgw_core::policy::Refusal),
     /// The node is shutting down.
     #[error("the node is shutting down")]
     ShuttingDown,
     /// Storage or another fatal error (500).
     #[error("{0}")]
     Fatal(String),
+}
+
+/// Why forwarding a write to the leader failed.
+enum ForwardError {
+    /// The leader refused the command before proposing it.
+    Refused(pgw_core::policy::Refusal),
+    /// The leader answered that it has no contact with a quorum (for this long).
+    NoQuorum(Duration),
+    /// Anything else; `sent`: the command may have reached the leader.
+    Failed { sent: bool, error: String },
 }
 
 /// How the node finds its cluster.
@@ -113,6 +142,11 @@ pub struct NodeConfig {
     /// Test only (`--cluster.peer-dial`): dial these peers at these addresses (loopback
     /// proxies that can cut links) instead of their membership addresses.
     pub peer_dial: BTreeMap<NodeId, String>,
+    /// What this node admits as a write (from pgw-server's flags): the leader re-checks every
+    /// forwarded command against it, and the cluster port's message limit derives from it.
+    pub policy: Policy,
+    /// `--cluster.max-snapshot-bytes`: largest snapshot or restore stream this node receives.
+    pub max_snapshot_bytes: u64,
 }
 
 impl NodeConfig {
@@ -130,9 +164,14 @@ impl NodeConfig {
             heartbeat: Duration::from_millis(100),
             election_timeout: Duration::from_millis(400),
             peer_dial: BTreeMap::new(),
+            policy: Policy::default(),
+            max_snapshot_bytes: DEFAULT_MAX_SNAPSHOT_BYTES,
         }
     }
 }
+
+/// Default of `--cluster.max-snapshot-bytes`: 16 GiB.
+pub const DEFAULT_MAX_SNAPSHOT_BYTES: u64 = 16 << 30;
 
 /// What `/-/ready` and the self-metrics need to know about the node.
 #[derive(Clone, Debug, Default)]
@@ -170,14 +209,28 @@ pub struct Counters {
     pub leader_changes: AtomicU64,
     /// Snapshots built or installed.
     pub snapshots: AtomicU64,
+    /// Forwarded commands this node refused, by [`Reason`] (indexed like [`Reason::ALL`]).
+    refused_forwards: [AtomicU64; Reason::ALL.len()],
+    /// Admin RPCs (membership changes, restores) refused by the server's safety rules.
+    pub refused_admin: AtomicU64,
 }
 
-/// Why forwarding a write to the leader failed.
-enum ForwardError {
-    /// The leader answered that it has no contact with a quorum (for this long).
-    NoQuorum(Duration),
-    /// Anything else (transport, timeout, a malformed answer): retried until the deadline.
-    Failed(String),
+impl Counters {
+    /// Counts a forwarded command refused for `reason`.
+    pub fn count_refused_forward(&self, reason: Reason) {
+        if let Some(i) = Reason::ALL.iter().position(|r| *r == reason) {
+            self.refused_forwards[i].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Forwarded commands refused so far, for every reason (zeros included).
+    pub fn refused_forwards(&self) -> Vec<(Reason, u64)> {
+        Reason::ALL
+            .iter()
+            .zip(&self.refused_forwards)
+            .map(|(r, c)| (*r, c.load(Ordering::Relaxed)))
+            .collect()
+    }
 }
 
 struct PendingGuard<'a>(&'a AtomicI64);
@@ -212,6 +265,12 @@ pub(crate) struct NodeShared {
     pub(crate) counters: Counters,
     pub(crate) storage_path: PathBuf,
     pub(crate) health: Health,
+    /// What this node admits as a write ([`NodeConfig::policy`]).
+    pub(crate) policy: Policy,
+    /// [`NodeConfig::max_snapshot_bytes`].
+    pub(crate) max_snapshot_bytes: u64,
+    /// The channels to peers (the admin service asks members for their status).
+    pub(crate) channels: Channels,
 }
 
 impl NodeShared {
@@ -398,13 +457,19 @@ impl Node {
             counters: Counters::default(),
             storage_path: config.storage_path.clone(),
             health: Health::new(quorum_timeout),
+            policy: config.policy,
+            max_snapshot_bytes: config.max_snapshot_bytes,
+            channels: channels.clone(),
         });
         let watcher = tokio::spawn(watch_metrics(raft.clone(), shared.clone()));
         let (grpc_stop, stop_rx) = watch::channel(false);
         let grpc_task = grpc_incoming.map(|incoming| {
+            // Every message of the Raft service is bounded by what a peer may legitimately
+            // send: an AppendEntries of at most APPEND_BUDGET bytes of entries plus one entry
+            // of the largest command, derived from --push.max-body-bytes.
             let raft_svc =
                 RaftServiceServer::new(grpc::RaftGrpc::new(raft.clone(), shared.clone()))
-                    .max_decoding_message_size(network::MAX_MESSAGE)
+                    .max_decoding_message_size(network::max_raft_message(&config.policy))
                     .max_encoding_message_size(network::MAX_MESSAGE);
             let admin_svc = AdminServiceServer::new(grpc::AdminGrpc::new(
                 raft.clone(),
@@ -508,16 +573,29 @@ impl Node {
         let _pending = PendingGuard(&self.shared.counters.pending_writes);
         let deadline = Instant::now() + self.write_timeout;
         let mut backoff = Duration::from_millis(10);
+        // Whether the command may have reached a leader's log: then a deadline means "not
+        // confirmed, may still be applied", not "no leader".
+        let mut sent = false;
+        let expired = |sent: bool| {
+            if sent {
+                WriteError::NotConfirmed(self.write_timeout)
+            } else {
+                WriteError::Unavailable(self.write_timeout)
+            }
+        };
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                return Err(WriteError::Unavailable(self.write_timeout));
+                return Err(expired(sent));
             }
             // A leader cut off from its quorum cannot commit: say so at once, and stop waiting
             // as soon as the contact is lost while the write is under way.
             if let Quorum::Lost(age) = self.shared.health.quorum() {
                 return Err(WriteError::NoQuorum(age));
             }
+            // A leader proposes the command at once; it may commit even if openraft then
+            // reports a lost leadership.
+            sent |= self.is_leader();
             let attempt = tokio::select! {
                 r = tokio::time::timeout(left, self.raft.client_write(cmd.clone())) => r,
                 age = self.shared.health.wait_quorum_lost() => {
@@ -525,7 +603,7 @@ impl Node {
                 }
             };
             match attempt {
-                Err(_) => return Err(WriteError::Unavailable(self.write_timeout)),
+                Err(_) => return Err(expired(true)),
                 Ok(Ok(resp)) => return Ok(resp.data),
                 Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
                     if let (Some(leader_id), Some(leader)) = (f.leader_id, f.leader_node) {
@@ -549,20 +627,29 @@ impl Node {
                         match forwarded {
                             Some(Ok(Some((resp, index)))) => {
                                 let left = deadline.saturating_duration_since(Instant::now());
-                                self.wait_applied(index, left).await?;
+                                self.wait_applied(index, left)
+                                    .await
+                                    .map_err(|()| WriteError::NotConfirmed(self.write_timeout))?;
                                 return Ok(resp);
                             }
                             Some(Ok(None)) => {}
                             Some(Err(ForwardError::NoQuorum(age))) => {
                                 return Err(WriteError::NoQuorum(age));
                             }
-                            Some(Err(ForwardError::Failed(e))) => {
-                                tracing::debug!(error = %e, "forwarding a write failed; retrying")
+                            Some(Err(ForwardError::Refused(r))) => {
+                                return Err(WriteError::Refused(r));
                             }
-                            None => tracing::debug!(
-                                from = leader_id,
-                                "the leader changed while forwarding a write; retrying"
-                            ),
+                            Some(Err(ForwardError::Failed { sent: s, error })) => {
+                                sent |= s;
+                                tracing::debug!(%error, "forwarding a write failed; retrying")
+                            }
+                            None => {
+                                sent = true;
+                                tracing::debug!(
+                                    from = leader_id,
+                                    "the leader changed while forwarding a write; retrying"
+                                )
+                            }
                         }
                     }
                 }
@@ -594,7 +681,7 @@ impl Node {
         let mut client = self
             .channels
             .raft_client(addr)
-            .map_err(ForwardError::Failed)?;
+            .map_err(|error| ForwardError::Failed { sent: false, error })?;
         let req = ForwardWriteRequest {
             command: cmd.encode().into(),
             // This node follows the leader it forwards to in its current term: the receiver
@@ -604,13 +691,22 @@ impl Node {
         let reply = match tokio::time::timeout(left, client.forward_write(req)).await {
             Err(_) => {
                 self.channels.note_timeout(addr);
-                return Err(ForwardError::Failed("forwarded write timed out".into()));
+                return Err(ForwardError::Failed {
+                    sent: true,
+                    error: "forwarded write timed out".into(),
+                });
             }
             Ok(Err(s)) => {
+                if let Some(r) = grpc::refusal_of(&s) {
+                    return Err(ForwardError::Refused(r));
+                }
                 if let Some(age) = grpc::no_quorum_age(&s) {
                     return Err(ForwardError::NoQuorum(age));
                 }
-                return Err(ForwardError::Failed(s.to_string()));
+                return Err(ForwardError::Failed {
+                    sent: true,
+                    error: s.to_string(),
+                });
             }
             Ok(Ok(r)) => {
                 self.channels.note_answer(addr);
@@ -620,18 +716,21 @@ impl Node {
         if reply.not_leader {
             return Ok(None);
         }
-        let resp = CommandResponse::decode(&reply.response)
-            .map_err(|e| ForwardError::Failed(e.to_string()))?;
+        let resp = CommandResponse::decode(&reply.response).map_err(|e| ForwardError::Failed {
+            sent: true,
+            error: e.to_string(),
+        })?;
         Ok(Some((resp, reply.log_index)))
     }
 
-    async fn wait_applied(&self, index: u64, left: Duration) -> Result<(), WriteError> {
+    /// Waits until this node applied `index`; `Err(())` at the deadline.
+    async fn wait_applied(&self, index: u64, left: Duration) -> Result<(), ()> {
         self.raft
             .wait(Some(left))
             .applied_index_at_least(Some(index), "forwarded write applied locally")
             .await
             .map(|_| ())
-            .map_err(|_| WriteError::Unavailable(self.write_timeout))
+            .map_err(|_| ())
     }
 
     /// A linearizable read barrier: asks the leader (this node or, through gRPC, the current
@@ -672,7 +771,10 @@ impl Node {
                 Err(_) => return Err(WriteError::Unavailable(self.write_timeout)),
                 Ok(Ok(Some(index))) => {
                     let left = deadline.saturating_duration_since(Instant::now());
-                    return self.wait_applied(index, left).await;
+                    return self
+                        .wait_applied(index, left)
+                        .await
+                        .map_err(|()| WriteError::Unavailable(self.write_timeout));
                 }
                 Ok(Ok(None)) => {}
                 Ok(Err::<_, String>(e)) => {
@@ -933,7 +1035,7 @@ async fn static_bootstrap(
     }
 }
 
-async fn admin_status(
+pub(crate) async fn admin_status(
     channels: &Channels,
     addr: &str,
 ) -> Result<pgw_proto::v1::StatusReply, String> {

@@ -31,8 +31,54 @@ use crate::{codec, lock};
 pub const BACKOFF: Duration = Duration::from_millis(200);
 /// Connect timeout of a peer channel.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
-/// Largest gRPC message accepted or sent (a log entry carries a whole push).
+/// Largest gRPC message this node sends (a log entry carries a whole push). What a node
+/// accepts is bounded tighter, by [`max_raft_message`].
 pub const MAX_MESSAGE: usize = 1 << 30;
+/// One AppendEntries carries at most this many bytes of commands (estimated by
+/// [`entry_weight`]) plus one entry: a larger run of entries goes out as several RPCs, each
+/// reported to openraft as a partial success.
+pub const APPEND_BUDGET: usize = 32 << 20;
+
+/// Largest message the Raft service of a node under `policy` accepts: an AppendEntries of
+/// [`APPEND_BUDGET`] bytes plus one entry of the largest command, with headroom for the
+/// envelope. A forwarded write is bounded again, tighter, by
+/// [`pgw_core::policy::Policy::max_command_bytes`].
+pub fn max_raft_message(policy: &pgw_core::policy::Policy) -> usize {
+    policy
+        .max_command_bytes()
+        .saturating_add(APPEND_BUDGET)
+        .saturating_add(1 << 20)
+        .min(MAX_MESSAGE)
+}
+
+/// An estimate of a log entry's encoded size: its commands' payloads and keys.
+pub fn entry_weight(entry: &openraft::Entry<TypeConfig>) -> usize {
+    use pgw_core::command::{Op, Payload};
+    fn op_weight(op: Op<'_>) -> usize {
+        let key = |k: &pgw_core::GroupingKey| -> usize {
+            k.pairs().iter().map(|(a, b)| a.len() + b.len() + 4).sum()
+        };
+        64 + match op {
+            Op::Push(p, _) => {
+                key(&p.key)
+                    + match &p.payload {
+                        Payload::Families(b) => b.len(),
+                        Payload::Invalid(m) => m.len(),
+                    }
+            }
+            Op::Delete(k) => key(k),
+            Op::Wipe => 0,
+            Op::Replace(s) => s.len(),
+        }
+    }
+    match &entry.payload {
+        openraft::EntryPayload::Normal(cmd) => match cmd {
+            pgw_core::Command::Batch(items) => items.iter().map(|i| op_weight(i.op())).sum(),
+            other => other.op().map_or(64, op_weight),
+        },
+        _ => 256,
+    }
+}
 /// Size of one snapshot chunk on the wire.
 const SNAPSHOT_CHUNK: usize = 1 << 20;
 /// A peer that has not answered on its channel for this long while calls to it time out
@@ -313,9 +359,28 @@ where
 impl RaftNetwork<TypeConfig> for Connection {
     async fn append_entries(
         &mut self,
-        rpc: AppendEntriesRequest<TypeConfig>,
+        mut rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, Node, RaftError<NodeId>>> {
+        // Keep the message within what the receiver accepts: send the entries that fit in
+        // APPEND_BUDGET (at least one) and report the rest as not sent yet.
+        let mut total = 0usize;
+        let mut keep = rpc.entries.len();
+        for (i, e) in rpc.entries.iter().enumerate() {
+            total = total.saturating_add(entry_weight(e));
+            if total > APPEND_BUDGET && i > 0 {
+                keep = i;
+                break;
+            }
+        }
+        if keep < rpc.entries.len() {
+            rpc.entries.truncate(keep);
+            let last = rpc.entries.last().map(|e| e.log_id);
+            return match self.call(&rpc, &option, false).await? {
+                AppendEntriesResponse::Success => Ok(AppendEntriesResponse::PartialSuccess(last)),
+                other => Ok(other),
+            };
+        }
         self.call(&rpc, &option, false).await
     }
 

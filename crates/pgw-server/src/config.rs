@@ -145,6 +145,38 @@ pub struct Config {
           value_name = "BYTES")]
     pub max_body_bytes: usize,
 
+    /// Optional limit: most series (samples) in one push; more gets 413. 0: unlimited.
+    #[arg(long = "push.max-series", default_value_t = 0, value_name = "N")]
+    pub max_series: u64,
+
+    /// Optional limit: most labels of one series once stored (its own, the grouping labels
+    /// and `instance`); more gets 413. 0: unlimited.
+    #[arg(
+        long = "push.max-labels-per-series",
+        default_value_t = 0,
+        value_name = "N"
+    )]
+    pub max_labels_per_series: u64,
+
+    /// Optional limit: longest label value in bytes (grouping labels included); longer gets
+    /// 413. 0: unlimited.
+    #[arg(
+        long = "push.max-label-value-bytes",
+        default_value_t = 0,
+        value_name = "N"
+    )]
+    pub max_label_value_bytes: u64,
+
+    /// Optional limit: most groups in the store; a push that would create another gets 403.
+    /// Travels in the command, so every replica decides alike. 0: unlimited.
+    #[arg(long = "push.max-groups", default_value_t = 0, value_name = "N")]
+    pub max_groups: u64,
+
+    /// Largest Raft snapshot or `pgwctl restore` stream this node receives.
+    #[arg(long = "cluster.max-snapshot-bytes", default_value = "16GiB", value_parser = parse_bytes,
+          value_name = "BYTES", help_heading = "Cluster")]
+    pub max_snapshot_bytes: usize,
+
     /// How long a write may wait for a Raft leader before it is answered 503.
     #[arg(long = "cluster.write-timeout", default_value = "10s", value_parser = parse_duration,
           value_name = "DURATION")]
@@ -336,12 +368,27 @@ pub struct Settings {
     pub max_body_bytes: usize,
     /// `--web.shutdown-drain`.
     pub shutdown_drain: Duration,
+    /// The optional `--push.max-*` limits.
+    pub limits: pgw_core::policy::Limits,
     /// Every flag by its upstream name, as `/api/v1/status` and the web page show them.
     pub flags: BTreeMap<String, String>,
     /// Notes for the operator about accepted-but-ignored flags (logged at start).
     pub warnings: Vec<String>,
     /// The cluster flags, resolved.
     pub cluster: ClusterSettings,
+}
+
+impl Settings {
+    /// What this node admits as a write, for the HTTP layer and (through
+    /// `pgw_raft::NodeConfig::policy`) the cluster port's forwarded writes.
+    pub fn policy(&self) -> pgw_core::policy::Policy {
+        pgw_core::policy::Policy {
+            admin_api: self.enable_admin_api,
+            check_consistency: self.check_consistency,
+            max_body_bytes: self.max_body_bytes,
+            limits: self.limits,
+        }
+    }
 }
 
 impl Config {
@@ -380,6 +427,17 @@ impl Config {
     /// `--push.disable-consistency-check`, with its `--no-` form applied.
     pub fn consistency_check_disabled(&self) -> bool {
         self.disable_consistency_check && !self.no_disable_consistency_check
+    }
+
+    /// The optional `--push.max-*` limits (0: unlimited).
+    pub fn limits(&self) -> pgw_core::policy::Limits {
+        let opt = |v: u64| (v > 0).then_some(v);
+        pgw_core::policy::Limits {
+            max_series: opt(self.max_series),
+            max_labels_per_series: opt(self.max_labels_per_series),
+            max_label_value_bytes: opt(self.max_label_value_bytes),
+            max_groups: opt(self.max_groups),
+        }
     }
 
     /// Checks the flags and resolves the HTTP settings.
@@ -454,6 +512,7 @@ impl Config {
             check_consistency: !self.consistency_check_disabled(),
             max_body_bytes: self.max_body_bytes,
             shutdown_drain: self.shutdown_drain,
+            limits: self.limits(),
             warnings,
             cluster,
         })
@@ -636,6 +695,20 @@ impl Config {
             format_duration(self.heartbeat_interval),
         );
         put("push.max-body-bytes", self.max_body_bytes.to_string());
+        put("push.max-series", self.max_series.to_string());
+        put(
+            "push.max-labels-per-series",
+            self.max_labels_per_series.to_string(),
+        );
+        put(
+            "push.max-label-value-bytes",
+            self.max_label_value_bytes.to_string(),
+        );
+        put("push.max-groups", self.max_groups.to_string());
+        put(
+            "cluster.max-snapshot-bytes",
+            self.max_snapshot_bytes.to_string(),
+        );
         put("raft.snapshot-every", self.snapshot_every.to_string());
         put("storage.path", self.storage_path.display().to_string());
         put(
@@ -833,6 +906,37 @@ pub fn format_duration(d: Duration) -> String {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn optional_limits_default_to_unlimited() {
+        let c = Config::try_parse_from(["pgw"]).unwrap();
+        assert_eq!(c.limits(), pgw_core::policy::Limits::default());
+        let c = Config::try_parse_from([
+            "pgw",
+            "--push.max-series=10",
+            "--push.max-labels-per-series=20",
+            "--push.max-label-value-bytes=30",
+            "--push.max-groups=40",
+        ])
+        .unwrap();
+        let l = c.limits();
+        assert_eq!(
+            (
+                l.max_series,
+                l.max_labels_per_series,
+                l.max_label_value_bytes,
+                l.max_groups
+            ),
+            (Some(10), Some(20), Some(30), Some(40))
+        );
+        let s = c.validate().unwrap();
+        assert_eq!(s.policy().limits, l);
+        assert_eq!(
+            s.flags.get("push.max-groups").map(String::as_str),
+            Some("40")
+        );
+    }
+
     use super::*;
 
     fn cfg(args: &[&str]) -> Config {

@@ -85,6 +85,8 @@ pub async fn run_with_reload(
     node_config.election_timeout = config.election_timeout;
     node_config.raft_addr = cluster.advertise_address.clone();
     node_config.peer_dial = cluster.peer_dial.clone();
+    node_config.policy = settings.policy();
+    node_config.max_snapshot_bytes = config.max_snapshot_bytes as u64;
     node_config.bootstrap = if !cluster.peers.is_empty() {
         Bootstrap::Static(cluster.peers.clone())
     } else if !cluster.join.is_empty() {

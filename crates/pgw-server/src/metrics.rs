@@ -153,6 +153,8 @@ struct Inner {
     requests: BTreeMap<(String, &'static str, String), u64>,
     push_duration: BTreeMap<String, Summary>,
     push_size: BTreeMap<String, Summary>,
+    /// Pushes refused by a `--push.max-*` limit, by reason label.
+    rejected: BTreeMap<&'static str, u64>,
 }
 
 /// The node's self-metrics registry. Cheap to update from any request task.
@@ -204,6 +206,11 @@ impl SelfMetrics {
         }
     }
 
+    /// Counts a push refused by one of the optional limits (`pgw_push_rejected_total`).
+    pub fn count_rejected(&self, reason: pgw_core::policy::Reason) {
+        *self.lock().rejected.entry(reason.as_str()).or_default() += 1;
+    }
+
     /// Every self-metric family, sorted by name, label pairs sorted by name. Families
     /// without series are left out.
     pub fn families(&self) -> Vec<MetricFamily> {
@@ -244,7 +251,16 @@ impl SelfMetrics {
                 )
             })
             .collect();
+        let rejected = pgw_core::policy::Reason::ALL
+            .iter()
+            .filter(|r| r.is_limit())
+            .map(|r| {
+                let n = inner.rejected.get(r.as_str()).copied().unwrap_or(0);
+                metric(&[("reason", r.as_str())], Value::Counter(n as f64))
+            })
+            .collect();
         drop(inner);
+        push_family(&mut out, "pgw_push_rejected_total", rejected);
         push_family(
             &mut out,
             "pushgateway_http_push_duration_seconds",
@@ -406,6 +422,21 @@ pub fn cluster_families(node: &pgw_raft::Node) -> Vec<MetricFamily> {
         &mut out,
         "pgw_cluster_pending_writes",
         Some(c.pending_writes.load(Relaxed).max(0) as f64),
+    );
+    counter(
+        &mut out,
+        "pgw_cluster_refused_admin_requests_total",
+        c.refused_admin.load(Relaxed),
+    );
+    let refused = c
+        .refused_forwards()
+        .into_iter()
+        .map(|(r, n)| metric(&[("reason", r.as_str())], Value::Counter(n as f64)))
+        .collect();
+    push_family(
+        &mut out,
+        "pgw_cluster_refused_forwarded_writes_total",
+        refused,
     );
     gauge(
         &mut out,

@@ -224,9 +224,7 @@ async fn t10_writes_through_any_node_replicate_identically() {
         CommandResponse::Rejected(msg) => {
             assert!(msg.starts_with("pushed metrics are invalid"), "{msg}")
         }
-        CommandResponse::Applied | CommandResponse::Batch(_) => {
-            panic!("a type conflict must be rejected through a follower too")
-        }
+        other => panic!("a type conflict must be rejected through a follower too: {other:?}"),
     }
     // A linearizable read through a follower sees a write acknowledged by another node.
     let other = nodes.iter().find(|n| n.id != f.id).unwrap();

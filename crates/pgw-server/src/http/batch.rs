@@ -14,7 +14,7 @@
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use pgw_core::command::Payload;
+use pgw_core::command::{Op, Payload};
 use pgw_core::{Command, CommandResponse};
 use pgw_raft::{Node, WriteError};
 use tokio::sync::{Semaphore, mpsc, oneshot};
@@ -24,11 +24,11 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 /// leader itself keeps one: its Raft core appends one entry at a time anyway, and a second
 /// batch in flight only halves the batch size (-15% single-node throughput, measured).
 const MAX_IN_FLIGHT: u32 = 2;
-/// At most this many commands in one batch.
-const MAX_COMMANDS: usize = 512;
-/// A batch is closed once its pushed payloads reach this many bytes (a larger push goes
-/// alone).
-const MAX_BYTES: usize = 4 << 20;
+/// At most this many commands in one batch (what a leader admits from a forwarding node).
+const MAX_COMMANDS: usize = pgw_core::policy::MAX_BATCH;
+/// A batch is closed once its commands' payloads and keys reach this many bytes (a larger
+/// push goes alone); the cluster port's message limit counts on it.
+const MAX_BYTES: usize = pgw_core::policy::BATCH_BUDGET;
 
 /// How often the memory that writes freed is handed back to the system, when the store
 /// changed (on every node, the replicated writes included): glibc keeps what the push path
@@ -48,13 +48,20 @@ pub(crate) struct Batcher {
 }
 
 fn payload_len(cmd: &Command) -> usize {
-    match cmd {
-        Command::Push(p) => match &p.payload {
-            Payload::Families(b) => b.len(),
-            Payload::Invalid(m) => m.len(),
-        },
-        Command::Replace { snapshot } => snapshot.len(),
-        _ => 64,
+    let key = |k: &pgw_core::GroupingKey| -> usize {
+        k.pairs().iter().map(|(a, b)| a.len() + b.len() + 4).sum()
+    };
+    64 + match cmd.op() {
+        Some(Op::Push(p, _)) => {
+            key(&p.key)
+                + match &p.payload {
+                    Payload::Families(b) => b.len(),
+                    Payload::Invalid(m) => m.len(),
+                }
+        }
+        Some(Op::Replace(snapshot)) => snapshot.len(),
+        Some(Op::Delete(k)) => key(k),
+        Some(Op::Wipe) | None => 0,
     }
 }
 
@@ -141,13 +148,29 @@ async fn write_batch(node: &Node, mut jobs: Vec<Job>) {
         }
         return;
     }
-    let (cmds, replies): (Vec<Command>, Vec<_>) =
-        jobs.into_iter().map(|j| (j.cmd, j.reply)).unzip();
+    let mut items = Vec::with_capacity(jobs.len());
+    let mut replies = Vec::with_capacity(jobs.len());
+    for job in jobs {
+        match job.cmd.into_item() {
+            Ok(item) => {
+                items.push(item);
+                replies.push(job.reply);
+            }
+            // `Batcher::write` takes single commands only; a batch is written on its own.
+            Err(inner) => {
+                let _ = job.reply.send(node.write(Command::Batch(inner)).await);
+            }
+        }
+    }
+    let cmds = items;
     let n = cmds.len();
+    if n == 0 {
+        return;
+    }
     match node.write(Command::Batch(cmds)).await {
         Ok(CommandResponse::Batch(responses)) if responses.len() == n => {
             for (reply, response) in replies.into_iter().zip(responses) {
-                let _ = reply.send(Ok(response));
+                let _ = reply.send(Ok(response.into()));
             }
         }
         Ok(other) => {

@@ -14,6 +14,7 @@ use http::header::{self, HeaderName};
 use http::request::Parts;
 use pgw_core::body::BodyError;
 use pgw_core::command::Push;
+use pgw_core::policy::{Policy, Reason};
 use pgw_core::{Command, CommandResponse, GroupingKey};
 use pgw_raft::WriteError;
 
@@ -35,10 +36,12 @@ fn too_large(max: usize) -> Response {
     Refusal::too_large(max).response()
 }
 
-/// A request refused before it became a command: status and `http.Error` message.
+/// A request refused before it became a command: status and `http.Error` message, and the
+/// admission rule it broke, if any.
 struct Refusal {
     status: StatusCode,
     msg: String,
+    reason: Option<Reason>,
 }
 
 impl Refusal {
@@ -46,6 +49,7 @@ impl Refusal {
         Refusal {
             status: StatusCode::BAD_REQUEST,
             msg: msg.to_string(),
+            reason: None,
         }
     }
 
@@ -53,12 +57,40 @@ impl Refusal {
         Refusal {
             status: StatusCode::PAYLOAD_TOO_LARGE,
             msg: BodyError::TooLarge { limit: max }.to_string(),
+            reason: None,
         }
     }
 
     fn response(self) -> Response {
         resp::error(self.status, &self.msg)
     }
+}
+
+impl From<pgw_core::policy::Refusal> for Refusal {
+    fn from(r: pgw_core::policy::Refusal) -> Self {
+        Refusal {
+            status: status_of(r.reason),
+            msg: r.message,
+            reason: Some(r.reason),
+        }
+    }
+}
+
+/// The HTTP status of a request refused for `reason`.
+fn status_of(reason: Reason) -> StatusCode {
+    StatusCode::from_u16(reason.http_status()).unwrap_or(StatusCode::BAD_REQUEST)
+}
+
+/// Answers a refusal by an admission rule: logs it, counts a limit in
+/// `pgw_push_rejected_total`, and maps it to its 4xx.
+fn refused(app: &App, r: Refusal) -> Response {
+    if let Some(reason) = r.reason {
+        tracing::warn!(reason = reason.as_str(), err = %r.msg, "push refused");
+        if reason.is_limit() {
+            app.metrics.count_rejected(reason);
+        }
+    }
+    r.response()
 }
 
 fn parse_key(job: &[u8], b64: bool, labels: &[u8]) -> Result<GroupingKey, Refusal> {
@@ -107,22 +139,22 @@ pub(super) async fn push(
     let replace = parts.method == http::Method::PUT;
     let check = app.settings.check_consistency;
     let clock = app.clock.clone();
+    let policy = app.settings.policy();
     let parsed = offload(raw.len() > OFFLOAD_BYTES, move || {
         build_command(
             &*clock,
             key,
             replace,
-            check,
             encoding.as_deref(),
             content_type.as_deref(),
             &raw,
-            max,
+            &policy,
         )
     })
     .await;
     let cmd = match parsed {
         Some(Ok(cmd)) => cmd,
-        Some(Err(r)) => return (r.response(), received),
+        Some(Err(r)) => return (refused(app, r), received),
         None => {
             return (
                 resp::error(
@@ -141,18 +173,20 @@ pub(super) async fn push(
     (write(app, cmd, ok, &parts.method).await, received)
 }
 
-/// Decodes and parses a push body into its command, or the 4xx response.
-#[allow(clippy::too_many_arguments)]
+/// Decodes and parses a push body into its command, admitted by
+/// [`pgw_core::policy::check_push`] (the optional limits, the payload bound; the same rules
+/// the leader applies to a forwarded push), or the 4xx response.
 fn build_command(
     clock: &dyn crate::Clock,
     key: GroupingKey,
     replace: bool,
-    check: bool,
     encoding: Option<&str>,
     content_type: Option<&str>,
     raw: &[u8],
-    max: usize,
+    policy: &Policy,
 ) -> Result<Command, Refusal> {
+    let max = policy.max_body_bytes;
+    let check = policy.check_consistency;
     let decoded = match pgw_core::body::decode(encoding, raw, max) {
         Ok(d) => d,
         Err(BodyError::TooLarge { .. }) => return Err(Refusal::too_large(max)),
@@ -169,13 +203,9 @@ fn build_command(
             }
         }
     };
-    Ok(Command::Push(Push::new(
-        key,
-        replace,
-        now_ns(clock),
-        check,
-        &families,
-    )))
+    let push = Push::new(key, replace, now_ns(clock), check, &families);
+    pgw_core::policy::check_push(&push, &families, policy)?;
+    Ok(Command::push(push, policy.limits.max_groups))
 }
 
 /// DELETE of one group: 202 once committed.
@@ -199,11 +229,28 @@ pub(super) async fn wipe(app: &Arc<App>) -> Response {
     write(app, Command::Wipe, StatusCode::ACCEPTED, &http::Method::PUT).await
 }
 
-/// Replicates `cmd` and maps the outcome: `ok` when applied, 400 when rejected, 503 (with
-/// `Retry-After`) without a leader or while shutting down, 500 on a fatal error.
+/// Replicates `cmd` and maps the outcome: `ok` when applied, 400 when rejected, 403/413 when
+/// refused by an admission rule (a limit; or, relayed from the leader, a rule its flags
+/// set), 503 (with `Retry-After`) without a leader, when the write was not confirmed within
+/// `--cluster.write-timeout` (it may still be applied; the message says so) or while
+/// shutting down, 500 on a fatal error.
 async fn write(app: &App, cmd: Command, ok: StatusCode, method: &http::Method) -> Response {
     match app.writes.write(cmd).await {
         Ok(CommandResponse::Applied) => resp::empty(ok),
+        // A limit that depends on the store (`--push.max-groups`), decided in apply.
+        Ok(CommandResponse::Refused { reason, message }) => {
+            let refusal = match Reason::from_label(&reason) {
+                Some(reason) => Refusal {
+                    status: status_of(reason),
+                    msg: message,
+                    reason: Some(reason),
+                },
+                None => Refusal::bad_request(message),
+            };
+            refused(app, refusal)
+        }
+        // The leader refused a forwarded write by its admission rules: nothing changed.
+        Err(WriteError::Refused(r)) => refused(app, r.into()),
         // With the consistency check disabled upstream answers 202 before the write is
         // processed, so a push it then refuses (samples with timestamps) still gets 202 and
         // only its failure time is recorded. pgw answers after apply but keeps that contract.
@@ -216,7 +263,10 @@ async fn write(app: &App, cmd: Command, ok: StatusCode, method: &http::Method) -
             resp::error(StatusCode::BAD_REQUEST, &msg)
         }
         Err(
-            e @ (WriteError::Unavailable(_) | WriteError::NoQuorum(_) | WriteError::ShuttingDown),
+            e @ (WriteError::Unavailable(_)
+            | WriteError::NotConfirmed(_)
+            | WriteError::NoQuorum(_)
+            | WriteError::ShuttingDown),
         ) => {
             tracing::warn!(err = %e, "write not accepted");
             let mut r = resp::error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string());
