@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use pgw_proto::v1::admin_service_client::AdminServiceClient;
@@ -35,6 +35,8 @@ pub struct Client {
     /// Bound of one RPC, and of the search for a leader.
     pub timeout: Duration,
     channels: Mutex<HashMap<String, Channel>>,
+    /// TLS to the cluster port (`--cacert`); `None`: plaintext.
+    tls: Option<Arc<pgw_tls::rustls::ClientConfig>>,
 }
 
 /// A short, single-line form of a gRPC error.
@@ -54,7 +56,19 @@ impl Client {
             endpoints,
             timeout,
             channels: Mutex::new(HashMap::new()),
+            tls: None,
         }
+    }
+
+    /// The same client speaking TLS with `tls` (plaintext with `None`).
+    pub fn with_tls(mut self, tls: Option<Arc<pgw_tls::rustls::ClientConfig>>) -> Self {
+        self.tls = tls;
+        self
+    }
+
+    /// The TLS configuration, if any.
+    pub fn tls(&self) -> Option<Arc<pgw_tls::rustls::ClientConfig>> {
+        self.tls.clone()
     }
 
     /// A connected channel to `addr`, reused across calls.
@@ -66,7 +80,19 @@ impl Client {
             .map_err(|e| format!("{addr:?} is not a host:port address: {e}"))?
             .connect_timeout(self.timeout.min(Duration::from_secs(5)))
             .tcp_nodelay(true);
-        let channel = match tokio::time::timeout(self.timeout, endpoint.connect()).await {
+        let connect = async {
+            match &self.tls {
+                None => endpoint.connect().await,
+                Some(tls) => {
+                    let connector = pgw_tls::Connector::fixed(
+                        tls.clone(),
+                        self.timeout.min(Duration::from_secs(5)),
+                    );
+                    endpoint.connect_with_connector(connector).await
+                }
+            }
+        };
+        let channel = match tokio::time::timeout(self.timeout, connect).await {
             Err(_) => return Err(format!("cannot connect to {addr}: timed out")),
             Ok(Err(e)) => return Err(format!("cannot connect to {addr}: {}", error_chain(&e))),
             Ok(Ok(c)) => c,

@@ -3,8 +3,10 @@
 //! backup and restore).
 //!
 //! # Protocol safety
-//! These services drive consensus and membership. They are for trusted cluster members and
-//! the admin CLI only, and have no authentication: never expose the cluster port to clients.
+//! These services drive consensus and membership. They are for cluster members and the admin
+//! CLI only. With `--cluster.tls.*` the caller's certificate and role are checked before any
+//! handler runs ([`crate::security`]); without, there is no authentication: never expose the
+//! cluster port to clients then.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Cursor;
@@ -52,12 +54,22 @@ fn bad_request(e: String) -> Status {
 /// The Raft service of one node.
 pub struct RaftGrpc {
     raft: PgwRaft,
+    /// For `PeerStatus`; `None`: it answers UNIMPLEMENTED.
+    node: Option<Arc<crate::NodeShared>>,
 }
 
 impl RaftGrpc {
     /// Serves `raft`.
     pub fn new(raft: PgwRaft) -> Self {
-        RaftGrpc { raft }
+        RaftGrpc { raft, node: None }
+    }
+
+    /// Serves `raft`, and `PeerStatus` from `node`.
+    pub(crate) fn with_node(raft: PgwRaft, node: Arc<crate::NodeShared>) -> Self {
+        RaftGrpc {
+            raft,
+            node: Some(node),
+        }
     }
 }
 
@@ -161,6 +173,16 @@ impl RaftService for RaftGrpc {
                 }))
             }
             Err(e) => Err(Status::unavailable(e.to_string())),
+        }
+    }
+
+    async fn peer_status(
+        &self,
+        _req: Request<StatusRequest>,
+    ) -> Result<Response<StatusReply>, Status> {
+        match &self.node {
+            Some(node) => Ok(Response::new(status_reply(&self.raft, node))),
+            None => Err(Status::unimplemented("PeerStatus is not served here")),
         }
     }
 
@@ -334,28 +356,7 @@ fn write_error(e: RaftError<NodeId, ClientWriteError<NodeId, Node>>) -> Status {
 #[tonic::async_trait]
 impl AdminService for AdminGrpc {
     async fn status(&self, _req: Request<StatusRequest>) -> Result<Response<StatusReply>, Status> {
-        let m = self.raft.metrics().borrow().clone();
-        let mut lag = std::collections::HashMap::new();
-        let last = m.last_log_index.unwrap_or(0);
-        if let Some(rep) = &m.replication {
-            for (id, matched) in rep {
-                lag.insert(*id, last.saturating_sub(matched.map_or(0, |l| l.index)));
-            }
-        }
-        Ok(Response::new(StatusReply {
-            node_id: m.id,
-            role: format!("{:?}", m.state),
-            term: m.current_term,
-            leader_id: m.current_leader.unwrap_or(0),
-            has_leader: m.current_leader.is_some(),
-            commit_index: self.node.committed_index(&m),
-            applied_index: m.last_applied.map_or(0, |l| l.index),
-            members: self.members(),
-            lag,
-            last_log_index: last,
-            snapshot_index: m.snapshot.map_or(0, |l| l.index),
-            http_address: self.node.http_addr.clone(),
-        }))
+        Ok(Response::new(status_reply(&self.raft, &self.node)))
     }
 
     async fn add_learner(
@@ -622,6 +623,32 @@ impl AdminService for AdminGrpc {
             CommandResponse::Rejected(msg) => Err(Status::invalid_argument(msg)),
             CommandResponse::Batch(_) => Err(Status::internal("unexpected batch response")),
         }
+    }
+}
+
+/// This node's status (`AdminService.Status`, `RaftService.PeerStatus`).
+fn status_reply(raft: &PgwRaft, node: &crate::NodeShared) -> StatusReply {
+    let m = raft.metrics().borrow().clone();
+    let mut lag = std::collections::HashMap::new();
+    let last = m.last_log_index.unwrap_or(0);
+    if let Some(rep) = &m.replication {
+        for (id, matched) in rep {
+            lag.insert(*id, last.saturating_sub(matched.map_or(0, |l| l.index)));
+        }
+    }
+    StatusReply {
+        node_id: m.id,
+        role: format!("{:?}", m.state),
+        term: m.current_term,
+        leader_id: m.current_leader.unwrap_or(0),
+        has_leader: m.current_leader.is_some(),
+        commit_index: node.committed_index(&m),
+        applied_index: m.last_applied.map_or(0, |l| l.index),
+        members: members_of(raft),
+        lag,
+        last_log_index: last,
+        snapshot_index: m.snapshot.map_or(0, |l| l.index),
+        http_address: node.http_addr.clone(),
     }
 }
 

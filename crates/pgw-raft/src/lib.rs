@@ -9,14 +9,17 @@
 //!
 //! Does not own: HTTP (pgw-server), the data model (pgw-core), storage internals (pgw-store).
 //!
-//! The gRPC port carries Raft traffic, forwarded writes and membership changes without
-//! authentication: it is for trusted peers only.
+//! The gRPC port carries Raft traffic, forwarded writes and membership changes. With
+//! [`NodeConfig::security`] it takes only mutual TLS from certificates of the cluster CA and
+//! checks each caller's role ([`security`]); without it, it has no authentication and is for
+//! trusted peers only.
 
 #![allow(clippy::result_large_err)]
 
 pub mod codec;
 pub mod grpc;
 pub mod network;
+pub mod security;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -39,6 +42,7 @@ use pgw_store::{NodeId, SharedStore, TypeConfig};
 use tokio::sync::watch;
 
 pub use network::{ChannelFactory, Channels};
+pub use security::{ClusterSecurity, PeerInfo, SecuritySettings, peer_identity};
 
 /// The openraft instance of a pgw node.
 pub type PgwRaft = Raft<TypeConfig>;
@@ -100,6 +104,9 @@ pub struct NodeConfig {
     /// Test only (`--cluster.peer-dial`): dial these peers at these addresses (loopback
     /// proxies that can cut links) instead of their membership addresses.
     pub peer_dial: BTreeMap<NodeId, String>,
+    /// `--cluster.tls.*`: mutual TLS and roles on the gRPC port and for dialing peers. `None`:
+    /// plaintext, no authentication.
+    pub security: Option<Arc<ClusterSecurity>>,
 }
 
 impl NodeConfig {
@@ -117,6 +124,7 @@ impl NodeConfig {
             heartbeat: Duration::from_millis(100),
             election_timeout: Duration::from_millis(400),
             peer_dial: BTreeMap::new(),
+            security: None,
         }
     }
 }
@@ -210,6 +218,7 @@ pub struct Node {
     raft: PgwRaft,
     store: SharedStore,
     channels: Channels,
+    security: Option<Arc<ClusterSecurity>>,
     write_timeout: Duration,
     grpc_stop: watch::Sender<bool>,
     grpc_task: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
@@ -283,16 +292,34 @@ impl Node {
                 config.storage_path.display()
             )
         })?;
+        let channels = match &config.security {
+            None => Channels::default(),
+            Some(sec) => {
+                let connector =
+                    pgw_tls::Connector::reloadable(sec.tls().clone(), network::CONNECT_TIMEOUT);
+                Channels::with_factory(ChannelFactory::new(move |ep| {
+                    ep.connect_with_connector_lazy(connector.clone())
+                }))
+            }
+        };
         let parts = NodeParts {
             store: state_machine.shared(),
             committed: log_store.committed_index(),
             log_store,
             state_machine,
-            channels: Channels::default(),
+            channels,
             tune_raft: None,
         };
-        let incoming = grpc.map(tokio_stream::wrappers::TcpListenerStream::new);
-        Self::start_with(config, parts, incoming).await
+        match config.security.clone() {
+            None => {
+                let incoming = grpc.map(tokio_stream::wrappers::TcpListenerStream::new);
+                Self::start_with(config, parts, incoming).await
+            }
+            Some(sec) => {
+                let incoming = grpc.map(|l| security::tls_incoming(l, sec));
+                Self::start_with(config, parts, incoming).await
+            }
+        }
     }
 
     /// Starts a node on already built parts: any log store and state machine for pgw's
@@ -367,18 +394,21 @@ impl Node {
         let watcher = tokio::spawn(watch_metrics(raft.clone(), shared.clone()));
         let (grpc_stop, stop_rx) = watch::channel(false);
         let grpc_task = grpc_incoming.map(|incoming| {
-            let raft_svc = RaftServiceServer::new(grpc::RaftGrpc::new(raft.clone()))
-                .max_decoding_message_size(network::MAX_MESSAGE)
-                .max_encoding_message_size(network::MAX_MESSAGE);
+            let raft_svc =
+                RaftServiceServer::new(grpc::RaftGrpc::with_node(raft.clone(), shared.clone()))
+                    .max_decoding_message_size(network::MAX_MESSAGE)
+                    .max_encoding_message_size(network::MAX_MESSAGE);
             let admin_svc = AdminServiceServer::new(grpc::AdminGrpc::new(
                 raft.clone(),
                 shared.clone(),
                 store.clone(),
             ));
+            let authorize = security::AuthorizeLayer::new(config.security.clone(), config.id);
             let mut stop = stop_rx.clone();
             tokio::spawn(async move {
                 let result = tonic::transport::Server::builder()
                     .tcp_nodelay(true)
+                    .layer(authorize)
                     .add_service(raft_svc)
                     .add_service(admin_svc)
                     .serve_with_incoming_shutdown(incoming, async move {
@@ -395,6 +425,7 @@ impl Node {
             raft,
             store,
             channels,
+            security: config.security.clone(),
             write_timeout: config.write_timeout,
             grpc_stop,
             grpc_task: std::sync::Mutex::new(grpc_task),
@@ -699,6 +730,40 @@ impl Node {
         &self.channels
     }
 
+    /// The cluster port's TLS and roles, when `--cluster.tls.*` is set.
+    pub fn cluster_security(&self) -> Option<&Arc<ClusterSecurity>> {
+        self.security.as_ref()
+    }
+
+    /// Re-reads the cluster TLS certificate, key and CA (on SIGHUP). New connections, both
+    /// accepted and dialed, use the new files; cached connections to peers are dropped so
+    /// that the next call dials with the new certificate, while calls in flight finish on
+    /// theirs: the node stays in the cluster. Without `--cluster.tls.*` this does nothing.
+    ///
+    /// # Errors
+    /// A file is unusable: the previous certificates stay in use, and the message says which
+    /// file and why.
+    pub fn reload_cluster_tls(&self) -> Result<(), String> {
+        let Some(sec) = &self.security else {
+            return Ok(());
+        };
+        sec.reload()?;
+        self.channels.reset();
+        Ok(())
+    }
+
+    /// Refused cluster-port connections and requests by reason (all zero without
+    /// `--cluster.tls.*`), for `pgw_cluster_refused_requests_total`.
+    pub fn refused_cluster_requests(&self) -> Vec<(&'static str, u64)> {
+        match &self.security {
+            Some(sec) => sec.refused(),
+            None => security::Refusal::ALL
+                .iter()
+                .map(|r| (r.label(), 0))
+                .collect(),
+        }
+    }
+
     /// Stops Raft and the gRPC server and lets storage close cleanly. Writes already
     /// proposed finish or fail with [`WriteError::ShuttingDown`].
     pub async fn shutdown(&self) -> anyhow::Result<()> {
@@ -814,12 +879,14 @@ async fn static_bootstrap(
     }
 }
 
+/// A peer's status, through the peer service (`PeerStatus`: a peer certificate may call it,
+/// while `AdminService.Status` is for admin certificates).
 async fn admin_status(
     channels: &Channels,
     addr: &str,
 ) -> Result<pgw_proto::v1::StatusReply, String> {
-    let mut client = AdminServiceClient::new(channels.get(addr)?);
-    match tokio::time::timeout(Duration::from_secs(1), client.status(StatusRequest {})).await {
+    let mut client = channels.raft_client(addr)?;
+    match tokio::time::timeout(Duration::from_secs(1), client.peer_status(StatusRequest {})).await {
         Err(_) => Err(format!("{addr}: timed out")),
         Ok(Err(s)) => Err(format!("{addr}: {}", s.message())),
         Ok(Ok(r)) => Ok(r.into_inner()),

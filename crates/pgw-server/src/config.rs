@@ -210,6 +210,56 @@ pub struct Config {
           value_name = "DURATION", help_heading = "Cluster")]
     pub election_timeout: Duration,
 
+    /// Certificate (PEM chain, leaf first) the cluster port serves and presents when dialing
+    /// peers. With --cluster.tls.key-file and --cluster.tls.ca-file the port takes only mutual
+    /// TLS (docs/security.md). Re-read on SIGHUP.
+    #[arg(
+        long = "cluster.tls.cert-file",
+        value_name = "FILE",
+        help_heading = "Cluster"
+    )]
+    pub cluster_tls_cert_file: Option<PathBuf>,
+
+    /// Private key (PEM) of --cluster.tls.cert-file. Re-read on SIGHUP.
+    #[arg(
+        long = "cluster.tls.key-file",
+        value_name = "FILE",
+        help_heading = "Cluster"
+    )]
+    pub cluster_tls_key_file: Option<PathBuf>,
+
+    /// CA certificate(s) (PEM) of the cluster: clients and peers must present a certificate it
+    /// signed. Use a CA dedicated to the cluster. Re-read on SIGHUP.
+    #[arg(
+        long = "cluster.tls.ca-file",
+        value_name = "FILE",
+        help_heading = "Cluster"
+    )]
+    pub cluster_tls_ca_file: Option<PathBuf>,
+
+    /// Certificate names (DNS SAN or CN) allowed to act as peers (Raft, forwarded writes,
+    /// joins), comma-separated. Unset: any certificate of the CA.
+    #[arg(
+        long = "cluster.tls.peer-names",
+        value_name = "NAME,...",
+        help_heading = "Cluster"
+    )]
+    pub cluster_tls_peer_names: Option<String>,
+
+    /// Certificate names (DNS SAN or CN) allowed the admin RPCs (membership, snapshot,
+    /// backup, restore, status), comma-separated. Unset: any certificate of the CA.
+    #[arg(
+        long = "cluster.tls.admin-names",
+        value_name = "NAME,...",
+        help_heading = "Cluster"
+    )]
+    pub cluster_tls_admin_names: Option<String>,
+
+    /// Allow the cluster port on a non-loopback address without TLS (no authentication at
+    /// all: only on a network where every host is trusted). Logged as a warning at start.
+    #[arg(long = "cluster.insecure", help_heading = "Cluster")]
+    pub cluster_insecure: bool,
+
     /// Test only, hidden: dial peer ID at HOST:PORT (a loopback proxy that can cut the link)
     /// instead of its address in the membership. Repeatable or comma-separated.
     #[arg(long = "cluster.peer-dial", hide = true, value_name = "ID=HOST:PORT[,...]",
@@ -307,6 +357,10 @@ pub struct ClusterSettings {
     pub advertise_address: String,
     /// `--cluster.peer-dial` (test only): peer id → the address to dial it at.
     pub peer_dial: BTreeMap<u64, String>,
+    /// `--cluster.tls.*`, when set.
+    pub tls: Option<pgw_raft::SecuritySettings>,
+    /// `--cluster.insecure` was needed: the port listens beyond loopback without TLS.
+    pub insecure: bool,
 }
 
 /// What the HTTP layer needs, resolved from a validated [`Config`].
@@ -429,6 +483,15 @@ impl Config {
             return Err(ConfigError::SelfMetricsPath);
         }
         let mut warnings = Vec::new();
+        if cluster.insecure {
+            warnings.push(format!(
+                "--cluster.insecure: the cluster gRPC port {} takes plaintext without \
+                 authentication; anyone who can reach it can write, wipe and change the \
+                 membership. Set --cluster.tls.cert-file, --cluster.tls.key-file and \
+                 --cluster.tls.ca-file (docs/security.md)",
+                cluster.listen_address.as_deref().unwrap_or("")
+            ));
+        }
         if self.web_local_assets.is_some() {
             warnings.push(
                 "--web.local-assets is ignored: pgw embeds its web page and assets".to_string(),
@@ -560,6 +623,23 @@ impl Config {
                 _ => return err(format!("--cluster.peer-dial: {part:?} is not id=host:port")),
             }
         }
+        let tls = self.cluster_tls()?;
+        let insecure = match (&listen_address, &tls) {
+            (Some(listen), None) if !listen_host_is_loopback(listen) => {
+                if !self.cluster_insecure {
+                    return err(format!(
+                        "the cluster gRPC port (--cluster.listen-address {listen}) would listen \
+                         beyond loopback without TLS, where anyone who reaches it can write, \
+                         wipe and change the membership: set --cluster.tls.cert-file, \
+                         --cluster.tls.key-file and --cluster.tls.ca-file (see \
+                         docs/security.md), listen on 127.0.0.1, or pass --cluster.insecure on \
+                         a network where every host is trusted"
+                    ));
+                }
+                true
+            }
+            _ => false,
+        };
         Ok(ClusterSettings {
             node_id,
             peers,
@@ -567,7 +647,72 @@ impl Config {
             listen_address,
             advertise_address,
             peer_dial,
+            tls,
+            insecure,
         })
+    }
+
+    /// Resolves `--cluster.tls.*`: all three files or none; names only with them.
+    fn cluster_tls(&self) -> Result<Option<pgw_raft::SecuritySettings>, ConfigError> {
+        let err = |m: String| Err(ConfigError::Cluster(m));
+        let files = [
+            ("--cluster.tls.cert-file", &self.cluster_tls_cert_file),
+            ("--cluster.tls.key-file", &self.cluster_tls_key_file),
+            ("--cluster.tls.ca-file", &self.cluster_tls_ca_file),
+        ];
+        let given: Vec<&str> = files
+            .iter()
+            .filter(|(_, v)| v.is_some())
+            .map(|(n, _)| *n)
+            .collect();
+        let names = |v: &Option<String>| -> Vec<String> {
+            v.iter()
+                .flat_map(|s| s.split(','))
+                .map(str::trim)
+                .filter(|n| !n.is_empty())
+                .map(str::to_string)
+                .collect()
+        };
+        let (Some(cert), Some(key), Some(ca)) = (
+            &self.cluster_tls_cert_file,
+            &self.cluster_tls_key_file,
+            &self.cluster_tls_ca_file,
+        ) else {
+            if !given.is_empty() {
+                let missing: Vec<&str> = files
+                    .iter()
+                    .filter(|(_, v)| v.is_none())
+                    .map(|(n, _)| *n)
+                    .collect();
+                return err(format!(
+                    "{} given without {}: mutual TLS on the cluster port needs all three",
+                    given.join(", "),
+                    missing.join(" and ")
+                ));
+            }
+            if self.cluster_tls_peer_names.is_some() || self.cluster_tls_admin_names.is_some() {
+                return err(
+                    "--cluster.tls.peer-names and --cluster.tls.admin-names need \
+                     --cluster.tls.cert-file, --cluster.tls.key-file and --cluster.tls.ca-file"
+                        .into(),
+                );
+            }
+            return Ok(None);
+        };
+        if self.cluster_insecure {
+            return err(
+                "--cluster.insecure contradicts --cluster.tls.*: remove one of them".into(),
+            );
+        }
+        Ok(Some(pgw_raft::SecuritySettings {
+            files: pgw_raft::security::TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+                ca: ca.clone(),
+            },
+            peer_names: names(&self.cluster_tls_peer_names),
+            admin_names: names(&self.cluster_tls_admin_names),
+        }))
     }
 
     /// Every flag under its upstream name with its value as a string (spec §9.1): booleans
@@ -614,6 +759,28 @@ impl Config {
             self.node_id.map(|i| i.to_string()).unwrap_or_default(),
         );
         put("cluster.peers", self.peers.clone().unwrap_or_default());
+        let path = |p: &Option<PathBuf>| p.as_ref().map(|p| p.display().to_string());
+        put(
+            "cluster.tls.cert-file",
+            path(&self.cluster_tls_cert_file).unwrap_or_default(),
+        );
+        put(
+            "cluster.tls.key-file",
+            path(&self.cluster_tls_key_file).unwrap_or_default(),
+        );
+        put(
+            "cluster.tls.ca-file",
+            path(&self.cluster_tls_ca_file).unwrap_or_default(),
+        );
+        put(
+            "cluster.tls.peer-names",
+            self.cluster_tls_peer_names.clone().unwrap_or_default(),
+        );
+        put(
+            "cluster.tls.admin-names",
+            self.cluster_tls_admin_names.clone().unwrap_or_default(),
+        );
+        put("cluster.insecure", b(self.cluster_insecure));
         put("cluster.write-timeout", format_duration(self.write_timeout));
         put(
             "raft.election-timeout",
@@ -650,6 +817,18 @@ fn listen_host_is_specific(listen: &str) -> bool {
         Some((host, _)) => !matches!(host, "" | "0.0.0.0" | "[::]" | "::"),
         None => false,
     }
+}
+
+/// Whether a listen address is on loopback only (`127.0.0.0/8`, `[::1]`, `localhost`).
+fn listen_host_is_loopback(listen: &str) -> bool {
+    let Some((host, _)) = listen.rsplit_once(':') else {
+        return false;
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// Upstream `computeRoutePrefix`: with `prefix` empty the path of `external_url` is used; `/`

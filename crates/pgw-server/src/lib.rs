@@ -66,6 +66,17 @@ pub async fn run(
     node_config.election_timeout = config.election_timeout;
     node_config.raft_addr = cluster.advertise_address.clone();
     node_config.peer_dial = cluster.peer_dial.clone();
+    if let Some(tls) = &cluster.tls {
+        let security = pgw_raft::ClusterSecurity::load(tls)
+            .map_err(|e| anyhow::anyhow!("cannot start the cluster port with TLS: {e}"))?;
+        tracing::info!(
+            peer_names = ?tls.peer_names,
+            admin_names = ?tls.admin_names,
+            "cluster gRPC port: mutual TLS, certificates of {} only",
+            tls.files.ca.display()
+        );
+        node_config.security = Some(security);
+    }
     node_config.bootstrap = if !cluster.peers.is_empty() {
         Bootstrap::Static(cluster.peers.clone())
     } else if !cluster.join.is_empty() {
