@@ -152,7 +152,8 @@ pub struct ClusterSecurity {
     refused: [AtomicU64; 6],
     reload_failures: AtomicU64,
     last_reload_ok: AtomicBool,
-    log: LogLimiter,
+    /// One per [`Refusal`], so a flood of one kind does not hide the first of another.
+    log: [LogLimiter; 6],
 }
 
 fn name_set(names: &[String]) -> Option<BTreeSet<String>> {
@@ -192,7 +193,7 @@ impl ClusterSecurity {
             refused: Default::default(),
             reload_failures: AtomicU64::new(0),
             last_reload_ok: AtomicBool::new(true),
-            log: LogLimiter::default(),
+            log: Default::default(),
         }))
     }
 
@@ -300,7 +301,7 @@ impl ClusterSecurity {
         }
         self.count(refusal);
         let who = describe(info);
-        if self.log.allow() {
+        if self.log[refusal.index()].allow() {
             tracing::warn!(node, method = path, caller = %who, reason = refusal.label(),
                 "refused a cluster request: the certificate has no name in {flag}");
         } else {
@@ -317,7 +318,7 @@ impl ClusterSecurity {
         let reason = classify(e);
         self.count(reason);
         let addr = remote.map_or_else(|| "?".to_string(), |a| a.to_string());
-        if self.log.allow() {
+        if self.log[reason.index()].allow() {
             tracing::warn!(peer = %addr, reason = reason.label(), error = %e,
                 "refused a cluster connection: the TLS handshake failed (the cluster port takes \
                  only TLS with a client certificate of the cluster CA)");
