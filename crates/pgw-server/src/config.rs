@@ -1124,6 +1124,7 @@ mod tests {
         let s = cfg(&[
             "--cluster.node-id=1",
             "--cluster.peers=1=127.0.0.1:1,2=127.0.0.1:2",
+            "--cluster.listen-address=127.0.0.1:1",
             "--cluster.peer-dial=2=127.0.0.1:7002,3=127.0.0.1:7003",
             "--cluster.peer-dial",
             "4=127.0.0.1:7004",
@@ -1139,6 +1140,77 @@ mod tests {
             .write_long_help(&mut help)
             .expect("help");
         assert!(!String::from_utf8_lossy(&help).contains("peer-dial"));
+    }
+
+    #[test]
+    fn plaintext_cluster_port_beyond_loopback_needs_insecure() {
+        let peers = "--cluster.peers=1=10.0.0.1:9095,2=10.0.0.2:9095";
+        // The default listen address (:9095, every interface) without TLS: refused.
+        let e = cfg(&["--cluster.node-id=1", peers]).validate().unwrap_err();
+        assert!(e.to_string().contains("--cluster.insecure"), "{e}");
+        for listen in ["0.0.0.0:9095", "10.0.0.1:9095", "[::]:9095", "host:9095"] {
+            let l = format!("--cluster.listen-address={listen}");
+            assert!(
+                cfg(&["--cluster.node-id=1", peers, &l]).validate().is_err(),
+                "{listen}"
+            );
+        }
+        for listen in [
+            "127.0.0.1:9095",
+            "127.0.0.2:1",
+            "[::1]:9095",
+            "localhost:9095",
+        ] {
+            let l = format!("--cluster.listen-address={listen}");
+            let s = cfg(&["--cluster.node-id=1", peers, &l])
+                .validate()
+                .expect(listen);
+            assert!(!s.cluster.insecure && s.warnings.is_empty(), "{listen}");
+        }
+        let s = cfg(&["--cluster.node-id=1", peers, "--cluster.insecure"])
+            .validate()
+            .expect("--cluster.insecure allows it");
+        assert!(s.cluster.insecure);
+        assert!(s.warnings.iter().any(|w| w.contains("--cluster.insecure")));
+        // No gRPC port at all (a single node without cluster flags): nothing to protect.
+        assert!(cfg(&[]).validate().expect("valid").cluster.tls.is_none());
+    }
+
+    #[test]
+    fn cluster_tls_flags() {
+        let tls = [
+            "--cluster.tls.cert-file=/c.pem",
+            "--cluster.tls.key-file=/k.pem",
+            "--cluster.tls.ca-file=/ca.pem",
+        ];
+        let peers = "--cluster.peers=1=10.0.0.1:9095,2=10.0.0.2:9095";
+        let mut a = vec!["--cluster.node-id=1", peers];
+        a.extend(tls);
+        a.extend([
+            "--cluster.tls.peer-names=n1, n2,",
+            "--cluster.tls.admin-names=ops",
+        ]);
+        let s = cfg(&a).validate().expect("TLS beyond loopback is fine");
+        let t = s.cluster.tls.expect("tls");
+        assert_eq!(t.files.cert, PathBuf::from("/c.pem"));
+        assert_eq!(t.peer_names, ["n1", "n2"]);
+        assert_eq!(t.admin_names, ["ops"]);
+        assert!(!s.cluster.insecure);
+        assert_eq!(s.flags["cluster.tls.ca-file"], "/ca.pem");
+        // Some of the files only: the message names the missing ones.
+        let e = cfg(&["--cluster.node-id=1", peers, tls[0]])
+            .validate()
+            .unwrap_err();
+        let m = e.to_string();
+        assert!(
+            m.contains("--cluster.tls.key-file") && m.contains("--cluster.tls.ca-file"),
+            "{m}"
+        );
+        // Names without files, and TLS with --cluster.insecure: contradictions.
+        assert!(cfg(&["--cluster.tls.peer-names=a"]).validate().is_err());
+        let mut b = vec!["--cluster.insecure"];
+        b.extend(tls);
+        assert!(cfg(&b).validate().is_err());
     }
 
     #[test]
