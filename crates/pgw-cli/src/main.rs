@@ -5,6 +5,9 @@
 //! quorum-safety checks of membership changes, the backup file format, and the table and JSON
 //! output (shapes documented in docs/operations.md).
 //!
+//! TLS: `--cacert`/`--cert`/`--key` (env `PGWCTL_CACERT`, `PGWCTL_CERT`, `PGWCTL_KEY`, see
+//! `tls.rs`) make the gRPC commands speak mutual TLS to the cluster port (pgw-tls).
+//!
 //! Does not own: Raft, storage or HTTP serving. It is a thin client of the admin gRPC service
 //! (`pgw.v1.AdminService`, from pgw-proto) and of a node's HTTP API, and must not depend on
 //! openraft, sled or axum (a unit test checks Cargo.lock).

@@ -517,8 +517,6 @@ pub struct Authorize<S> {
     node: u64,
 }
 
-type BoxFuture<T> = Pin<Box<dyn std::future::Future<Output = T> + Send + 'static>>;
-
 impl<S> tower::Service<http::Request<tonic::body::Body>> for Authorize<S>
 where
     S: tower::Service<
@@ -531,7 +529,9 @@ where
 {
     type Response = http::Response<tonic::body::Body>;
     type Error = S::Error;
-    type Future = BoxFuture<Result<Self::Response, Self::Error>>;
+    // No allocation per request: the inner future, or the ready refusal.
+    type Future =
+        futures::future::Either<S::Future, std::future::Ready<Result<Self::Response, Self::Error>>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -545,12 +545,12 @@ where
                 req.extensions().get::<PeerInfo>(),
             )
         {
-            return Box::pin(async move { Ok(status.into_http()) });
+            return futures::future::Either::Right(std::future::ready(Ok(status.into_http())));
         }
         // The ready service answers this request; a clone takes its place for the next.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
-        Box::pin(inner.call(req))
+        futures::future::Either::Left(inner.call(req))
     }
 }
 

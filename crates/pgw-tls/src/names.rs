@@ -129,6 +129,48 @@ pub fn cert_names(der: &[u8]) -> Vec<String> {
 mod tests {
     use super::*;
 
+    /// A certificate made by the openssl CLI: DNS SANs first, then the CN; IP SANs are not
+    /// names.
+    #[test]
+    fn names_of_an_openssl_certificate() {
+        let dir = std::env::temp_dir().join(format!("pgw-tls-names-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let out = std::process::Command::new("openssl")
+            .args([
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-nodes",
+                "-keyout",
+                "k.pem",
+                "-out",
+                "c.pem",
+                "-days",
+                "1",
+                "-subj",
+                "/O=pgw/CN=the-cn",
+                "-addext",
+                "subjectAltName=DNS:alpha,IP:127.0.0.1,DNS:beta.example",
+            ])
+            .current_dir(&dir)
+            .output()
+            .expect("run openssl (the tests need the openssl CLI)");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let certs = crate::load_certs(&dir.join("c.pem"), "cert").expect("cert");
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!(
+            cert_names(certs[0].as_ref()),
+            ["alpha", "beta.example", "the-cn"]
+        );
+    }
+
     #[test]
     fn garbage_has_no_names() {
         assert!(cert_names(b"").is_empty());
