@@ -326,7 +326,9 @@ impl Node {
     /// [`TypeConfig`], the applied store and commit index they share, the channels to peers,
     /// and, when given, the gRPC server on the connections `grpc_incoming` yields. Otherwise
     /// as [`Node::start`], which calls this with the sled store, TCP channels and a TCP
-    /// listener.
+    /// listener (with [`NodeConfig::security`]: TLS channels and [`security::tls_incoming`]).
+    /// With `config.security` set the role check refuses every request whose connection
+    /// carries no [`PeerInfo`], so a plain incoming stream then serves nothing.
     pub async fn start_with<L, S, I, IO, IE>(
         config: NodeConfig,
         parts: NodeParts<L, S>,
