@@ -2,6 +2,8 @@
 # Runs a 3-node pgw cluster on loopback, for trying clustering out.
 #
 #   deploy/local/cluster.sh start    # build (release) if needed, start 3 nodes, print endpoints
+#   deploy/local/cluster.sh start --tls  # the same with mutual TLS on the cluster port: makes a
+#                                    # CA, node1..3 and admin certificates (openssl) in $dir/tls
 #   deploy/local/cluster.sh status   # readiness and Raft role of each node
 #   deploy/local/cluster.sh stop     # SIGTERM each node (by its recorded PID) and wait
 #
@@ -32,15 +34,45 @@ peers() {
   (IFS=,; echo "${out[*]}")
 }
 
+# Makes the test PKI of --tls once: a CA, peer certificates node1..3, an admin certificate.
+make_tls() {
+  local t=$dir/tls n
+  [ -f "$t/admin.crt" ] && return
+  mkdir -p "$t"
+  ( cd "$t"
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout ca.key \
+      -out ca.crt -days 30 -subj "/CN=pgw local CA" 2>/dev/null
+    issue() { # name extended-key-usage
+      openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$1.key" \
+        -out "$1.csr" -subj "/CN=$1" 2>/dev/null
+      printf 'subjectAltName=DNS:%s\nextendedKeyUsage=%s\n' "$1" "$2" >"$1.ext"
+      openssl x509 -req -in "$1.csr" -CA ca.crt -CAkey ca.key -CAcreateserial -days 30 \
+        -extfile "$1.ext" -out "$1.crt" 2>/dev/null
+    }
+    for n in "${nodes[@]}"; do issue "node$n" serverAuth,clientAuth; done
+    issue admin clientAuth
+    chmod 600 ./*.key )
+}
+
+tls_flags() { # node id
+  local t=$dir/tls
+  echo "--cluster.tls.cert-file $t/node$1.crt --cluster.tls.key-file $t/node$1.key" \
+    "--cluster.tls.ca-file $t/ca.crt --cluster.tls.peer-names node1,node2,node3" \
+    "--cluster.tls.admin-names admin"
+}
+
 running() { [ -f "$dir/n$1.pid" ] && kill -0 "$(cat "$dir/n$1.pid")" 2>/dev/null; }
 
 start() {
-  local bin i
+  local bin i tls=""
+  [ "${1:-}" = "--tls" ] && tls=1
   bin=$(binary)
   mkdir -p "$dir"
+  [ -n "$tls" ] && make_tls
   for i in "${nodes[@]}"; do
     if running "$i"; then echo "node $i already running (pid $(cat "$dir/n$i.pid"))"; continue; fi
-    "$bin" \
+    # shellcheck disable=SC2046 # tls_flags is a list of flags and plain paths
+    "$bin" $( [ -n "$tls" ] && tls_flags "$i" ) \
       --web.listen-address "127.0.0.1:$(http_port "$i")" \
       --storage.path "$dir/n$i" \
       --cluster.node-id "$i" \
@@ -62,6 +94,10 @@ start() {
   for i in "${nodes[@]}"; do
     echo "  node $i: http://127.0.0.1:$(http_port "$i")  grpc 127.0.0.1:$(grpc_port "$i")  pid $(cat "$dir/n$i.pid")"
   done
+  if [ -n "$tls" ]; then
+    echo "Mutual TLS on the cluster port; for pgwctl:"
+    echo "  export PGWCTL_CACERT=$dir/tls/ca.crt PGWCTL_CERT=$dir/tls/admin.crt PGWCTL_KEY=$dir/tls/admin.key"
+  fi
   echo "Push to any node, scrape any node:"
   echo "  echo 'demo 1' | curl --data-binary @- http://127.0.0.1:$(http_port 2)/metrics/job/demo"
   echo "  curl -s http://127.0.0.1:$(http_port 3)/metrics | grep demo"
@@ -98,8 +134,8 @@ stop() {
 }
 
 case "${1:-}" in
-  start) start ;;
+  start) start "${2:-}" ;;
   stop) stop ;;
   status) status ;;
-  *) echo "usage: $0 start|stop|status" >&2; exit 2 ;;
+  *) echo "usage: $0 start [--tls]|stop|status" >&2; exit 2 ;;
 esac

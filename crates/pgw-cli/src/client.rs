@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use pgw_proto::v1::admin_service_client::AdminServiceClient;
@@ -35,16 +35,34 @@ pub struct Client {
     /// Bound of one RPC, and of the search for a leader.
     pub timeout: Duration,
     channels: Mutex<HashMap<String, Channel>>,
+    /// TLS to the cluster port (`--cacert`); `None`: plaintext.
+    tls: Option<Arc<pgw_tls::rustls::ClientConfig>>,
+    /// `Status` answers that refused the credentials (PERMISSION_DENIED, UNAUTHENTICATED).
+    refused: Mutex<Vec<String>>,
 }
 
-/// A short, single-line form of a gRPC error.
+/// A short, single-line form of a gRPC error, with the cause of a transport failure (e.g. a
+/// TLS alert) when there is one.
 pub fn describe(s: &Status) -> String {
     let msg = s.message().trim();
-    if msg.is_empty() {
+    let mut out = if msg.is_empty() {
         format!("{:?}", s.code())
     } else {
         msg.to_string()
+    };
+    if let Some(src) = std::error::Error::source(s) {
+        let cause = error_chain(src);
+        if !out.contains(&cause) {
+            out.push_str(": ");
+            out.push_str(&cause);
+        }
     }
+    out
+}
+
+/// Whether the node refused the caller's credentials (the cluster port's mutual TLS).
+fn refused(s: &Status) -> bool {
+    matches!(s.code(), Code::PermissionDenied | Code::Unauthenticated)
 }
 
 impl Client {
@@ -54,7 +72,20 @@ impl Client {
             endpoints,
             timeout,
             channels: Mutex::new(HashMap::new()),
+            tls: None,
+            refused: Mutex::new(Vec::new()),
         }
+    }
+
+    /// The same client speaking TLS with `tls` (plaintext with `None`).
+    pub fn with_tls(mut self, tls: Option<Arc<pgw_tls::rustls::ClientConfig>>) -> Self {
+        self.tls = tls;
+        self
+    }
+
+    /// The TLS configuration, if any.
+    pub fn tls(&self) -> Option<Arc<pgw_tls::rustls::ClientConfig>> {
+        self.tls.clone()
     }
 
     /// A connected channel to `addr`, reused across calls.
@@ -66,7 +97,19 @@ impl Client {
             .map_err(|e| format!("{addr:?} is not a host:port address: {e}"))?
             .connect_timeout(self.timeout.min(Duration::from_secs(5)))
             .tcp_nodelay(true);
-        let channel = match tokio::time::timeout(self.timeout, endpoint.connect()).await {
+        let connect = async {
+            match &self.tls {
+                None => endpoint.connect().await,
+                Some(tls) => {
+                    let connector = pgw_tls::Connector::fixed(
+                        tls.clone(),
+                        self.timeout.min(Duration::from_secs(5)),
+                    );
+                    endpoint.connect_with_connector(connector).await
+                }
+            }
+        };
+        let channel = match tokio::time::timeout(self.timeout, connect).await {
             Err(_) => return Err(format!("cannot connect to {addr}: timed out")),
             Ok(Err(e)) => return Err(format!("cannot connect to {addr}: {}", error_chain(&e))),
             Ok(Ok(c)) => c,
@@ -99,9 +142,37 @@ impl Client {
             Err(_) => Err(format!("{addr}: no answer within {:?}", self.timeout)),
             Ok(Err(s)) => {
                 self.forget(addr);
-                Err(format!("{addr}: {}", describe(&s)))
+                if refused(&s) {
+                    self.lock_refused()
+                        .push(format!("{addr}: {}", describe(&s)));
+                }
+                Err(format!("{addr}: {}", self.hint(describe(&s))))
             }
             Ok(Ok(r)) => Ok(r.into_inner()),
+        }
+    }
+
+    /// Adds a TLS hint to a transport error of a plaintext client (the node may require TLS).
+    fn hint(&self, msg: String) -> String {
+        let transport = msg.contains("h2 protocol error")
+            || msg.contains("transport error")
+            || msg.contains("connection closed");
+        match &self.tls {
+            None if transport => format!(
+                "{msg} (if the cluster port uses TLS, pass --cacert, --cert and --key, or set \
+                 PGWCTL_CACERT, PGWCTL_CERT and PGWCTL_KEY)"
+            ),
+            Some(tls) if transport && !tls.client_auth_cert_resolver.has_certs() => {
+                format!("{msg} (the node may require a client certificate: pass --cert and --key)")
+            }
+            _ => msg,
+        }
+    }
+
+    fn lock_refused(&self) -> std::sync::MutexGuard<'_, Vec<String>> {
+        match self.refused.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
         }
     }
 
@@ -125,8 +196,15 @@ impl Client {
                 Err(e) => errors.push(e),
             }
         }
+        let refused = self.lock_refused().clone();
         match uninitialised {
             Some(found) => Ok(found),
+            // Reached, but the credentials were refused: not an unreachable cluster.
+            None if !refused.is_empty() => Err(CtlError::failed(format!(
+                "the cluster refused pgwctl's credentials ({}): pass an admin certificate with \
+                 --cert and --key (a name in the nodes' --cluster.tls.admin-names)",
+                refused.join("; ")
+            ))),
             None => Err(unreachable(&self.endpoints, &errors)),
         }
     }

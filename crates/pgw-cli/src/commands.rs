@@ -37,7 +37,7 @@ pub async fn run(cli: Cli) -> Result<i32> {
             )));
         }
     }
-    let client = Client::new(endpoints, cli.timeout);
+    let client = Client::new(endpoints, cli.timeout).with_tls(cli.tls.grpc_config()?);
     let out = cli.output;
     match cli.command {
         Command::Status { max_lag } => status(&client, out, max_lag).await,
@@ -693,7 +693,7 @@ async fn member_remove(client: &Client, out: Format, id: u64, force: bool) -> Re
             .filter(|m| m.id != id)
             .map(|m| m.raft_address.clone())
             .collect();
-        let others = Client::new(remaining, client.timeout);
+        let others = Client::new(remaining, client.timeout).with_tls(client.tls());
         match leader_status(&others).await {
             Ok(s) => {
                 leader = Some(s.node_id);

@@ -5,6 +5,9 @@
 //! quorum-safety checks of membership changes, the backup file format, and the table and JSON
 //! output (shapes documented in docs/operations.md).
 //!
+//! TLS: `--cacert`/`--cert`/`--key` (env `PGWCTL_CACERT`, `PGWCTL_CERT`, `PGWCTL_KEY`, see
+//! `tls.rs`) make the gRPC commands speak mutual TLS to the cluster port (pgw-tls).
+//!
 //! Does not own: Raft, storage or HTTP serving. It is a thin client of the admin gRPC service
 //! (`pgw.v1.AdminService`, from pgw-proto) and of a node's HTTP API, and must not depend on
 //! openraft, sled or axum (a unit test checks Cargo.lock).
@@ -18,6 +21,7 @@ mod commands;
 mod error;
 mod http;
 mod output;
+mod tls;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -57,6 +61,10 @@ pub struct Cli {
     /// Bound of one request, and of the search for a leader (e.g. 500ms, 10s, 1m).
     #[arg(long, global = true, default_value = "10s", value_parser = parse_duration, value_name = "DURATION")]
     pub timeout: Duration,
+
+    /// TLS to the cluster port (and, where supported, HTTP).
+    #[command(flatten)]
+    pub tls: tls::TlsArgs,
 
     /// The command.
     #[command(subcommand)]

@@ -65,6 +65,18 @@ pub const RESERVED: &[ReservedFamily] = &[
         present_at_start: true,
     },
     ReservedFamily {
+        name: "pgw_cluster_refused_requests_total",
+        r#type: MetricType::Counter,
+        help: "Connections and requests the cluster gRPC port refused, by reason (TLS handshake or role).",
+        present_at_start: true,
+    },
+    ReservedFamily {
+        name: "pgw_cluster_tls_last_reload_successful",
+        r#type: MetricType::Gauge,
+        help: "Whether the last re-read of the cluster TLS files succeeded (1) or kept the previous ones (0).",
+        present_at_start: false,
+    },
+    ReservedFamily {
         name: "pgw_raft_applied_index",
         r#type: MetricType::Gauge,
         help: "Highest Raft log index applied to this node's store.",

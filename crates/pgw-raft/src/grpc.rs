@@ -4,7 +4,9 @@
 //!
 //! # Protocol safety
 //! These services drive consensus and membership. They are for cluster members and the admin
-//! CLI only: never expose the cluster port to clients. Even so they trust nothing they decode:
+//! CLI only. With `--cluster.tls.*` the caller's certificate and role are checked before any
+//! handler runs ([`crate::security`]); without, there is no authentication: never expose the
+//! cluster port to clients then. Even so they trust nothing they decode:
 //!
 //! - `ForwardWrite` admits a command exactly as the node's HTTP API would
 //!   ([`pgw_core::policy::check_command`]): a refused one gets a gRPC error carrying the reason
@@ -314,6 +316,13 @@ impl RaftService for RaftGrpc {
         }
     }
 
+    async fn peer_status(
+        &self,
+        _req: Request<StatusRequest>,
+    ) -> Result<Response<StatusReply>, Status> {
+        Ok(Response::new(status_reply(&self.raft, &self.node)))
+    }
+
     async fn read_index(
         &self,
         _req: Request<ReadIndexRequest>,
@@ -595,28 +604,7 @@ fn write_error(e: RaftError<NodeId, ClientWriteError<NodeId, Node>>) -> Status {
 #[tonic::async_trait]
 impl AdminService for AdminGrpc {
     async fn status(&self, _req: Request<StatusRequest>) -> Result<Response<StatusReply>, Status> {
-        let m = self.raft.metrics().borrow().clone();
-        let mut lag = std::collections::HashMap::new();
-        let last = m.last_log_index.unwrap_or(0);
-        if let Some(rep) = &m.replication {
-            for (id, matched) in rep {
-                lag.insert(*id, last.saturating_sub(matched.map_or(0, |l| l.index)));
-            }
-        }
-        Ok(Response::new(StatusReply {
-            node_id: m.id,
-            role: format!("{:?}", m.state),
-            term: m.current_term,
-            leader_id: m.current_leader.unwrap_or(0),
-            has_leader: m.current_leader.is_some(),
-            commit_index: self.node.committed_index(&m),
-            applied_index: m.last_applied.map_or(0, |l| l.index),
-            members: self.members(),
-            lag,
-            last_log_index: last,
-            snapshot_index: m.snapshot.map_or(0, |l| l.index),
-            http_address: self.node.http_addr.clone(),
-        }))
+        Ok(Response::new(status_reply(&self.raft, &self.node)))
     }
 
     async fn add_learner(
@@ -927,6 +915,32 @@ impl AdminService for AdminGrpc {
             }
             CommandResponse::Batch(_) => Err(Status::internal("unexpected batch response")),
         }
+    }
+}
+
+/// This node's status (`AdminService.Status`, `RaftService.PeerStatus`).
+fn status_reply(raft: &PgwRaft, node: &crate::NodeShared) -> StatusReply {
+    let m = raft.metrics().borrow().clone();
+    let mut lag = std::collections::HashMap::new();
+    let last = m.last_log_index.unwrap_or(0);
+    if let Some(rep) = &m.replication {
+        for (id, matched) in rep {
+            lag.insert(*id, last.saturating_sub(matched.map_or(0, |l| l.index)));
+        }
+    }
+    StatusReply {
+        node_id: m.id,
+        role: format!("{:?}", m.state),
+        term: m.current_term,
+        leader_id: m.current_leader.unwrap_or(0),
+        has_leader: m.current_leader.is_some(),
+        commit_index: node.committed_index(&m),
+        applied_index: m.last_applied.map_or(0, |l| l.index),
+        members: members_of(raft),
+        lag,
+        last_log_index: last,
+        snapshot_index: m.snapshot.map_or(0, |l| l.index),
+        http_address: node.http_addr.clone(),
     }
 }
 

@@ -9,8 +9,10 @@
 //!
 //! Does not own: HTTP (pgw-server), the data model (pgw-core), storage internals (pgw-store).
 //!
-//! The gRPC port carries Raft traffic, forwarded writes and membership changes: it is for
-//! peers and admins only. Still, it trusts nothing it decodes: a forwarded write is admitted
+//! The gRPC port carries Raft traffic, forwarded writes and membership changes. With
+//! [`NodeConfig::security`] it takes only mutual TLS from certificates of the cluster CA and
+//! checks each caller's role ([`security`]); without it, it has no authentication and is for
+//! trusted peers only. Either way it trusts nothing it decodes: a forwarded write is admitted
 //! by [`pgw_core::policy::check_command`] under this node's [`NodeConfig::policy`] exactly as
 //! if it had come through HTTP; membership changes obey the quorum-safety rules in the server
 //! ([`grpc`]); every message and stream it receives has a size bound derived from the policy
@@ -22,6 +24,7 @@ pub mod codec;
 pub mod grpc;
 mod health;
 pub mod network;
+pub mod security;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -46,6 +49,7 @@ use tokio::sync::watch;
 
 pub use health::{Health, Quorum};
 pub use network::{ChannelFactory, Channels};
+pub use security::{ClusterSecurity, PeerInfo, SecuritySettings, peer_identity};
 
 /// The openraft instance of a pgw node.
 pub type PgwRaft = Raft<TypeConfig>;
@@ -147,6 +151,9 @@ pub struct NodeConfig {
     pub policy: Policy,
     /// `--cluster.max-snapshot-bytes`: largest snapshot or restore stream this node receives.
     pub max_snapshot_bytes: u64,
+    /// `--cluster.tls.*`: mutual TLS and roles on the gRPC port and for dialing peers. `None`:
+    /// plaintext, no authentication.
+    pub security: Option<Arc<ClusterSecurity>>,
 }
 
 impl NodeConfig {
@@ -166,6 +173,7 @@ impl NodeConfig {
             peer_dial: BTreeMap::new(),
             policy: Policy::default(),
             max_snapshot_bytes: DEFAULT_MAX_SNAPSHOT_BYTES,
+            security: None,
         }
     }
 }
@@ -291,6 +299,7 @@ pub struct Node {
     raft: PgwRaft,
     store: SharedStore,
     channels: Channels,
+    security: Option<Arc<ClusterSecurity>>,
     write_timeout: Duration,
     grpc_stop: watch::Sender<bool>,
     /// Counters of the sled store's retried conditions (`None` on other stores).
@@ -369,16 +378,34 @@ impl Node {
             )
         })?;
         let storage_stats = state_machine.stats();
+        let channels = match &config.security {
+            None => Channels::default(),
+            Some(sec) => {
+                let connector =
+                    pgw_tls::Connector::reloadable(sec.tls().clone(), network::CONNECT_TIMEOUT);
+                Channels::with_factory(ChannelFactory::new(move |ep| {
+                    ep.connect_with_connector_lazy(connector.clone())
+                }))
+            }
+        };
         let parts = NodeParts {
             store: state_machine.shared(),
             committed: log_store.committed_index(),
             log_store,
             state_machine,
-            channels: Channels::default(),
+            channels,
             tune_raft: None,
         };
-        let incoming = grpc.map(tokio_stream::wrappers::TcpListenerStream::new);
-        let mut node = Self::start_with(config, parts, incoming).await?;
+        let mut node = match config.security.clone() {
+            None => {
+                let incoming = grpc.map(tokio_stream::wrappers::TcpListenerStream::new);
+                Self::start_with(config, parts, incoming).await?
+            }
+            Some(sec) => {
+                let incoming = grpc.map(|l| security::tls_incoming(l, sec));
+                Self::start_with(config, parts, incoming).await?
+            }
+        };
         node.storage_stats = Some(storage_stats);
         Ok(node)
     }
@@ -387,7 +414,9 @@ impl Node {
     /// [`TypeConfig`], the applied store and commit index they share, the channels to peers,
     /// and, when given, the gRPC server on the connections `grpc_incoming` yields. Otherwise
     /// as [`Node::start`], which calls this with the sled store, TCP channels and a TCP
-    /// listener.
+    /// listener (with [`NodeConfig::security`]: TLS channels and [`security::tls_incoming`]).
+    /// With `config.security` set the role check refuses every request whose connection
+    /// carries no [`PeerInfo`], so a plain incoming stream then serves nothing.
     pub async fn start_with<L, S, I, IO, IE>(
         config: NodeConfig,
         parts: NodeParts<L, S>,
@@ -476,10 +505,12 @@ impl Node {
                 shared.clone(),
                 store.clone(),
             ));
+            let authorize = security::AuthorizeLayer::new(config.security.clone(), config.id);
             let mut stop = stop_rx.clone();
             tokio::spawn(async move {
                 let result = tonic::transport::Server::builder()
                     .tcp_nodelay(true)
+                    .layer(authorize)
                     .add_service(raft_svc)
                     .add_service(admin_svc)
                     .serve_with_incoming_shutdown(incoming, async move {
@@ -496,6 +527,7 @@ impl Node {
             raft,
             store,
             channels,
+            security: config.security.clone(),
             write_timeout: config.write_timeout,
             grpc_stop,
             storage_stats: None,
@@ -876,6 +908,40 @@ impl Node {
         &self.channels
     }
 
+    /// The cluster port's TLS and roles, when `--cluster.tls.*` is set.
+    pub fn cluster_security(&self) -> Option<&Arc<ClusterSecurity>> {
+        self.security.as_ref()
+    }
+
+    /// Re-reads the cluster TLS certificate, key and CA (on SIGHUP). New connections, both
+    /// accepted and dialed, use the new files; cached connections to peers are dropped so
+    /// that the next call dials with the new certificate, while calls in flight finish on
+    /// theirs: the node stays in the cluster. Without `--cluster.tls.*` this does nothing.
+    ///
+    /// # Errors
+    /// A file is unusable: the previous certificates stay in use, and the message says which
+    /// file and why.
+    pub fn reload_cluster_tls(&self) -> Result<(), String> {
+        let Some(sec) = &self.security else {
+            return Ok(());
+        };
+        sec.reload()?;
+        self.channels.reset();
+        Ok(())
+    }
+
+    /// Refused cluster-port connections and requests by reason (all zero without
+    /// `--cluster.tls.*`), for `pgw_cluster_refused_requests_total`.
+    pub fn refused_cluster_requests(&self) -> Vec<(&'static str, u64)> {
+        match &self.security {
+            Some(sec) => sec.refused(),
+            None => security::Refusal::ALL
+                .iter()
+                .map(|r| (r.label(), 0))
+                .collect(),
+        }
+    }
+
     /// Stops Raft and the gRPC server and lets storage close cleanly. Writes already
     /// proposed finish or fail with [`WriteError::ShuttingDown`].
     pub async fn shutdown(&self) -> anyhow::Result<()> {
@@ -1035,12 +1101,14 @@ async fn static_bootstrap(
     }
 }
 
-pub(crate) async fn admin_status(
+/// A peer's status, through the peer service (`PeerStatus`: a peer certificate may call it,
+/// while `AdminService.Status` is for admin certificates).
+async fn admin_status(
     channels: &Channels,
     addr: &str,
 ) -> Result<pgw_proto::v1::StatusReply, String> {
-    let mut client = AdminServiceClient::new(channels.get(addr)?);
-    match tokio::time::timeout(Duration::from_secs(1), client.status(StatusRequest {})).await {
+    let mut client = channels.raft_client(addr)?;
+    match tokio::time::timeout(Duration::from_secs(1), client.peer_status(StatusRequest {})).await {
         Err(_) => Err(format!("{addr}: timed out")),
         Ok(Err(s)) => Err(format!("{addr}: {}", s.message())),
         Ok(Ok(r)) => Ok(r.into_inner()),

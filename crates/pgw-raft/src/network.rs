@@ -178,6 +178,12 @@ impl Channels {
         Ok(channel)
     }
 
+    /// Drops every cached channel: the next call to each peer dials a new connection (after
+    /// new TLS material was loaded). Calls in flight finish on their channels.
+    pub fn reset(&self) {
+        lock(&self.inner).clear();
+    }
+
     /// Records that `addr` answered a call (its connection works).
     pub fn note_answer(&self, addr: &str) {
         let now = tokio::time::Instant::now();

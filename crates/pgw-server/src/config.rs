@@ -250,6 +250,56 @@ pub struct Config {
           value_name = "DURATION", help_heading = "Cluster")]
     pub election_timeout: Duration,
 
+    /// Certificate (PEM chain, leaf first) the cluster port serves and presents when dialing
+    /// peers. With --cluster.tls.key-file and --cluster.tls.ca-file the port takes only mutual
+    /// TLS (docs/security.md). Re-read on SIGHUP.
+    #[arg(
+        long = "cluster.tls.cert-file",
+        value_name = "FILE",
+        help_heading = "Cluster"
+    )]
+    pub cluster_tls_cert_file: Option<PathBuf>,
+
+    /// Private key (PEM) of --cluster.tls.cert-file. Re-read on SIGHUP.
+    #[arg(
+        long = "cluster.tls.key-file",
+        value_name = "FILE",
+        help_heading = "Cluster"
+    )]
+    pub cluster_tls_key_file: Option<PathBuf>,
+
+    /// CA certificate(s) (PEM) of the cluster: clients and peers must present a certificate it
+    /// signed. Use a CA dedicated to the cluster. Re-read on SIGHUP.
+    #[arg(
+        long = "cluster.tls.ca-file",
+        value_name = "FILE",
+        help_heading = "Cluster"
+    )]
+    pub cluster_tls_ca_file: Option<PathBuf>,
+
+    /// Certificate names (DNS SAN or CN) allowed to act as peers (Raft, forwarded writes,
+    /// joins), comma-separated. Unset: any certificate of the CA.
+    #[arg(
+        long = "cluster.tls.peer-names",
+        value_name = "NAME,...",
+        help_heading = "Cluster"
+    )]
+    pub cluster_tls_peer_names: Option<String>,
+
+    /// Certificate names (DNS SAN or CN) allowed the admin RPCs (membership, snapshot,
+    /// backup, restore, status), comma-separated. Unset: any certificate of the CA.
+    #[arg(
+        long = "cluster.tls.admin-names",
+        value_name = "NAME,...",
+        help_heading = "Cluster"
+    )]
+    pub cluster_tls_admin_names: Option<String>,
+
+    /// Allow the cluster port on a non-loopback address without TLS (no authentication at
+    /// all: only on a network where every host is trusted). Logged as a warning at start.
+    #[arg(long = "cluster.insecure", help_heading = "Cluster")]
+    pub cluster_insecure: bool,
+
     /// Test only, hidden: dial peer ID at HOST:PORT (a loopback proxy that can cut the link)
     /// instead of its address in the membership. Repeatable or comma-separated.
     #[arg(long = "cluster.peer-dial", hide = true, value_name = "ID=HOST:PORT[,...]",
@@ -347,6 +397,10 @@ pub struct ClusterSettings {
     pub advertise_address: String,
     /// `--cluster.peer-dial` (test only): peer id → the address to dial it at.
     pub peer_dial: BTreeMap<u64, String>,
+    /// `--cluster.tls.*`, when set.
+    pub tls: Option<pgw_raft::SecuritySettings>,
+    /// `--cluster.insecure` was needed: the port listens beyond loopback without TLS.
+    pub insecure: bool,
 }
 
 /// What the HTTP layer needs, resolved from a validated [`Config`].
@@ -497,6 +551,15 @@ impl Config {
             return Err(ConfigError::SelfMetricsPath);
         }
         let mut warnings = Vec::new();
+        if cluster.insecure {
+            warnings.push(format!(
+                "--cluster.insecure: the cluster gRPC port {} takes plaintext without \
+                 authentication; anyone who can reach it can write, wipe and change the \
+                 membership. Set --cluster.tls.cert-file, --cluster.tls.key-file and \
+                 --cluster.tls.ca-file (docs/security.md)",
+                cluster.listen_address.as_deref().unwrap_or("")
+            ));
+        }
         if self.web_local_assets.is_some() {
             warnings.push(
                 "--web.local-assets is ignored: pgw embeds its web page and assets".to_string(),
@@ -630,6 +693,23 @@ impl Config {
                 _ => return err(format!("--cluster.peer-dial: {part:?} is not id=host:port")),
             }
         }
+        let tls = self.cluster_tls()?;
+        let insecure = match (&listen_address, &tls) {
+            (Some(listen), None) if !listen_host_is_loopback(listen) => {
+                if !self.cluster_insecure {
+                    return err(format!(
+                        "the cluster gRPC port (--cluster.listen-address {listen}) would listen \
+                         beyond loopback without TLS, where anyone who reaches it can write, \
+                         wipe and change the membership: set --cluster.tls.cert-file, \
+                         --cluster.tls.key-file and --cluster.tls.ca-file (see \
+                         docs/security.md), listen on 127.0.0.1, or pass --cluster.insecure on \
+                         a network where every host is trusted"
+                    ));
+                }
+                true
+            }
+            _ => false,
+        };
         Ok(ClusterSettings {
             node_id,
             peers,
@@ -637,7 +717,72 @@ impl Config {
             listen_address,
             advertise_address,
             peer_dial,
+            tls,
+            insecure,
         })
+    }
+
+    /// Resolves `--cluster.tls.*`: all three files or none; names only with them.
+    fn cluster_tls(&self) -> Result<Option<pgw_raft::SecuritySettings>, ConfigError> {
+        let err = |m: String| Err(ConfigError::Cluster(m));
+        let files = [
+            ("--cluster.tls.cert-file", &self.cluster_tls_cert_file),
+            ("--cluster.tls.key-file", &self.cluster_tls_key_file),
+            ("--cluster.tls.ca-file", &self.cluster_tls_ca_file),
+        ];
+        let given: Vec<&str> = files
+            .iter()
+            .filter(|(_, v)| v.is_some())
+            .map(|(n, _)| *n)
+            .collect();
+        let names = |v: &Option<String>| -> Vec<String> {
+            v.iter()
+                .flat_map(|s| s.split(','))
+                .map(str::trim)
+                .filter(|n| !n.is_empty())
+                .map(str::to_string)
+                .collect()
+        };
+        let (Some(cert), Some(key), Some(ca)) = (
+            &self.cluster_tls_cert_file,
+            &self.cluster_tls_key_file,
+            &self.cluster_tls_ca_file,
+        ) else {
+            if !given.is_empty() {
+                let missing: Vec<&str> = files
+                    .iter()
+                    .filter(|(_, v)| v.is_none())
+                    .map(|(n, _)| *n)
+                    .collect();
+                return err(format!(
+                    "{} given without {}: mutual TLS on the cluster port needs all three",
+                    given.join(", "),
+                    missing.join(" and ")
+                ));
+            }
+            if self.cluster_tls_peer_names.is_some() || self.cluster_tls_admin_names.is_some() {
+                return err(
+                    "--cluster.tls.peer-names and --cluster.tls.admin-names need \
+                     --cluster.tls.cert-file, --cluster.tls.key-file and --cluster.tls.ca-file"
+                        .into(),
+                );
+            }
+            return Ok(None);
+        };
+        if self.cluster_insecure {
+            return err(
+                "--cluster.insecure contradicts --cluster.tls.*: remove one of them".into(),
+            );
+        }
+        Ok(Some(pgw_raft::SecuritySettings {
+            files: pgw_raft::security::TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+                ca: ca.clone(),
+            },
+            peer_names: names(&self.cluster_tls_peer_names),
+            admin_names: names(&self.cluster_tls_admin_names),
+        }))
     }
 
     /// Every flag under its upstream name with its value as a string (spec §9.1): booleans
@@ -685,6 +830,28 @@ impl Config {
         );
         put("cluster.peers", self.peers.clone().unwrap_or_default());
         put("web.shutdown-drain", format_duration(self.shutdown_drain));
+        let path = |p: &Option<PathBuf>| p.as_ref().map(|p| p.display().to_string());
+        put(
+            "cluster.tls.cert-file",
+            path(&self.cluster_tls_cert_file).unwrap_or_default(),
+        );
+        put(
+            "cluster.tls.key-file",
+            path(&self.cluster_tls_key_file).unwrap_or_default(),
+        );
+        put(
+            "cluster.tls.ca-file",
+            path(&self.cluster_tls_ca_file).unwrap_or_default(),
+        );
+        put(
+            "cluster.tls.peer-names",
+            self.cluster_tls_peer_names.clone().unwrap_or_default(),
+        );
+        put(
+            "cluster.tls.admin-names",
+            self.cluster_tls_admin_names.clone().unwrap_or_default(),
+        );
+        put("cluster.insecure", b(self.cluster_insecure));
         put("cluster.write-timeout", format_duration(self.write_timeout));
         put(
             "raft.election-timeout",
@@ -735,6 +902,18 @@ fn listen_host_is_specific(listen: &str) -> bool {
         Some((host, _)) => !matches!(host, "" | "0.0.0.0" | "[::]" | "::"),
         None => false,
     }
+}
+
+/// Whether a listen address is on loopback only (`127.0.0.0/8`, `[::1]`, `localhost`).
+fn listen_host_is_loopback(listen: &str) -> bool {
+    let Some((host, _)) = listen.rsplit_once(':') else {
+        return false;
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// Upstream `computeRoutePrefix`: with `prefix` empty the path of `external_url` is used; `/`
@@ -1061,6 +1240,7 @@ mod tests {
         let s = cfg(&[
             "--cluster.node-id=1",
             "--cluster.peers=1=127.0.0.1:1,2=127.0.0.1:2",
+            "--cluster.listen-address=127.0.0.1:1",
             "--cluster.peer-dial=2=127.0.0.1:7002,3=127.0.0.1:7003",
             "--cluster.peer-dial",
             "4=127.0.0.1:7004",
@@ -1076,6 +1256,77 @@ mod tests {
             .write_long_help(&mut help)
             .expect("help");
         assert!(!String::from_utf8_lossy(&help).contains("peer-dial"));
+    }
+
+    #[test]
+    fn plaintext_cluster_port_beyond_loopback_needs_insecure() {
+        let peers = "--cluster.peers=1=10.0.0.1:9095,2=10.0.0.2:9095";
+        // The default listen address (:9095, every interface) without TLS: refused.
+        let e = cfg(&["--cluster.node-id=1", peers]).validate().unwrap_err();
+        assert!(e.to_string().contains("--cluster.insecure"), "{e}");
+        for listen in ["0.0.0.0:9095", "10.0.0.1:9095", "[::]:9095", "host:9095"] {
+            let l = format!("--cluster.listen-address={listen}");
+            assert!(
+                cfg(&["--cluster.node-id=1", peers, &l]).validate().is_err(),
+                "{listen}"
+            );
+        }
+        for listen in [
+            "127.0.0.1:9095",
+            "127.0.0.2:1",
+            "[::1]:9095",
+            "localhost:9095",
+        ] {
+            let l = format!("--cluster.listen-address={listen}");
+            let s = cfg(&["--cluster.node-id=1", peers, &l])
+                .validate()
+                .expect(listen);
+            assert!(!s.cluster.insecure && s.warnings.is_empty(), "{listen}");
+        }
+        let s = cfg(&["--cluster.node-id=1", peers, "--cluster.insecure"])
+            .validate()
+            .expect("--cluster.insecure allows it");
+        assert!(s.cluster.insecure);
+        assert!(s.warnings.iter().any(|w| w.contains("--cluster.insecure")));
+        // No gRPC port at all (a single node without cluster flags): nothing to protect.
+        assert!(cfg(&[]).validate().expect("valid").cluster.tls.is_none());
+    }
+
+    #[test]
+    fn cluster_tls_flags() {
+        let tls = [
+            "--cluster.tls.cert-file=/c.pem",
+            "--cluster.tls.key-file=/k.pem",
+            "--cluster.tls.ca-file=/ca.pem",
+        ];
+        let peers = "--cluster.peers=1=10.0.0.1:9095,2=10.0.0.2:9095";
+        let mut a = vec!["--cluster.node-id=1", peers];
+        a.extend(tls);
+        a.extend([
+            "--cluster.tls.peer-names=n1, n2,",
+            "--cluster.tls.admin-names=ops",
+        ]);
+        let s = cfg(&a).validate().expect("TLS beyond loopback is fine");
+        let t = s.cluster.tls.expect("tls");
+        assert_eq!(t.files.cert, PathBuf::from("/c.pem"));
+        assert_eq!(t.peer_names, ["n1", "n2"]);
+        assert_eq!(t.admin_names, ["ops"]);
+        assert!(!s.cluster.insecure);
+        assert_eq!(s.flags["cluster.tls.ca-file"], "/ca.pem");
+        // Some of the files only: the message names the missing ones.
+        let e = cfg(&["--cluster.node-id=1", peers, tls[0]])
+            .validate()
+            .unwrap_err();
+        let m = e.to_string();
+        assert!(
+            m.contains("--cluster.tls.key-file") && m.contains("--cluster.tls.ca-file"),
+            "{m}"
+        );
+        // Names without files, and TLS with --cluster.insecure: contradictions.
+        assert!(cfg(&["--cluster.tls.peer-names=a"]).validate().is_err());
+        let mut b = vec!["--cluster.insecure"];
+        b.extend(tls);
+        assert!(cfg(&b).validate().is_err());
     }
 
     #[test]

@@ -87,6 +87,17 @@ pub async fn run_with_reload(
     node_config.peer_dial = cluster.peer_dial.clone();
     node_config.policy = settings.policy();
     node_config.max_snapshot_bytes = config.max_snapshot_bytes as u64;
+    if let Some(tls) = &cluster.tls {
+        let security = pgw_raft::ClusterSecurity::load(tls)
+            .map_err(|e| anyhow::anyhow!("cannot start the cluster port with TLS: {e}"))?;
+        tracing::info!(
+            peer_names = ?tls.peer_names,
+            admin_names = ?tls.admin_names,
+            "cluster gRPC port: mutual TLS, certificates of {} only",
+            tls.files.ca.display()
+        );
+        node_config.security = Some(security);
+    }
     node_config.bootstrap = if !cluster.peers.is_empty() {
         Bootstrap::Static(cluster.peers.clone())
     } else if !cluster.join.is_empty() {
@@ -196,6 +207,16 @@ where
     let (quit_tx, mut quit_rx) = watch::channel(false);
     let metrics = metrics::SelfMetrics::new(metrics::BuildInfo::current());
     let reloads = Arc::new(reload::Reloads::default());
+    if node.cluster_security().is_some() {
+        let n = node.clone();
+        reloads.register(
+            "cluster TLS",
+            Box::new(move || {
+                n.reload_cluster_tls()
+                    .map(|()| "cluster port certificates, key and CA re-read".to_string())
+            }),
+        );
+    }
     let reload_task = reload.map(|rx| tokio::spawn(reload::serve(reloads.clone(), rx)));
     let app = Arc::new(http::App::new(
         settings,

@@ -438,6 +438,18 @@ pub fn cluster_families(node: &pgw_raft::Node) -> Vec<MetricFamily> {
         "pgw_cluster_refused_forwarded_writes_total",
         refused,
     );
+    let refused: Vec<pb::Metric> = node
+        .refused_cluster_requests()
+        .into_iter()
+        .map(|(reason, n)| metric(&[("reason", reason)], Value::Counter(n as f64)))
+        .collect();
+    push_family(&mut out, "pgw_cluster_refused_requests_total", refused);
+    gauge(
+        &mut out,
+        "pgw_cluster_tls_last_reload_successful",
+        node.cluster_security()
+            .map(|s| if s.last_reload_ok() { 1.0 } else { 0.0 }),
+    );
     gauge(
         &mut out,
         "pgw_raft_applied_index",
