@@ -10,6 +10,10 @@
 //! - [`metrics`]: the node-local self-metrics (`pushgateway_*`, `process_*`);
 //! - `ui`: the server-rendered web page;
 //! - [`run`]: wiring a node and the HTTP server together, with graceful shutdown;
+//! - [`web`]: the `--web.config.file` (exporter-toolkit TLS, basic auth, headers; pgw's
+//!   scoped credentials) and its reload ([`web::WebConfigHandle::reload`], for SIGHUP);
+//! - [`edge`]: the accept loop and connection serving: TLS, connection bound, header, body
+//!   and idle timeouts, accept-error backoff, the fd-limit raise at start;
 //! - [`serve`] and [`Clock`]: the same HTTP server on an already started node, any listener
 //!   and an injected wall clock (the seams the deterministic simulation runs a node through).
 //!
@@ -20,11 +24,13 @@
 #![warn(missing_docs)]
 
 pub mod config;
+pub mod edge;
 mod http;
 pub mod logging;
 pub mod metrics;
 mod timefmt;
 mod ui;
+pub mod web;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -42,14 +48,31 @@ pub use config::Config;
 /// `--web.enable-lifecycle`), lets in-flight requests finish, then shuts the node down.
 ///
 /// The listener is the caller's, so tests can bind `127.0.0.1:0` and the binary can bind
-/// the flag's address.
+/// the flag's address. The web config file is loaded here; use [`run_with_web`] to keep a
+/// handle for reloading it.
 ///
 /// # Errors
-/// Invalid flags ([`Config::validate`]), a node that cannot start (storage), a failing
-/// server, or an unclean node shutdown.
+/// Invalid flags ([`Config::validate`]), a web config file that does not load, a node that
+/// cannot start (storage), a failing server, or an unclean node shutdown.
 pub async fn run(
     config: Config,
     listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let settings = config.validate()?;
+    let web = web::WebConfigHandle::load(settings.web_config_file.as_deref())?;
+    run_with_web(config, listener, web, shutdown).await
+}
+
+/// [`run`] with a web configuration the caller loaded (and may reload, e.g. on SIGHUP, with
+/// [`web::WebConfigHandle::reload`]). Raises the soft open-file limit to the hard limit.
+///
+/// # Errors
+/// As [`run`].
+pub async fn run_with_web(
+    config: Config,
+    listener: TcpListener,
+    web: web::WebConfigHandle,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let settings = config.validate()?;
@@ -106,7 +129,19 @@ pub async fn run(
         version = env!("CARGO_PKG_VERSION"),
         "listening"
     );
-    serve(settings, node, listener, Arc::new(SystemClock), shutdown).await
+    edge::raise_fd_limit();
+    let stats = Arc::new(edge::EdgeStats::default());
+    let listener = edge::TcpAcceptor::new(listener, stats.clone());
+    serve_with(
+        settings,
+        node,
+        listener,
+        Arc::new(SystemClock),
+        shutdown,
+        web,
+        stats,
+    )
+    .await
 }
 
 /// A wall clock: where the receiving node reads the push time it stamps into a command
@@ -145,29 +180,44 @@ where
     L: axum::serve::Listener,
     L::Addr: std::fmt::Debug,
 {
+    let web = web::WebConfigHandle::load(settings.web_config_file.as_deref())?;
+    let stats = Arc::new(edge::EdgeStats::default());
+    serve_with(settings, node, listener, clock, shutdown, web, stats).await
+}
+
+async fn serve_with<L>(
+    settings: config::Settings,
+    node: Arc<Node>,
+    listener: L,
+    clock: Arc<dyn Clock>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    web: web::WebConfigHandle,
+    stats: Arc<edge::EdgeStats>,
+) -> anyhow::Result<()>
+where
+    L: axum::serve::Listener,
+{
     let (quit_tx, mut quit_rx) = watch::channel(false);
     let metrics = metrics::SelfMetrics::new(metrics::BuildInfo::current());
+    let limits = settings.edge;
     let app = Arc::new(http::App::new(
         settings,
         node.clone(),
         metrics,
         quit_tx,
         clock,
+        web.clone(),
+        stats.clone(),
     ));
-    let router = axum::Router::new().fallback(http::dispatch).with_state(app);
     let signal = async move {
         tokio::select! {
             () = shutdown => tracing::info!("shutdown requested; exiting gracefully..."),
             _ = quit_rx.wait_for(|q| *q) => {}
         }
     };
-    let served = axum::serve(listener, router)
-        .with_graceful_shutdown(signal)
-        .await;
+    edge::serve(listener, app, web, limits, stats, signal).await;
     tracing::info!("HTTP server stopped");
-    let stopped = node.shutdown().await;
-    served.context("serving HTTP")?;
-    stopped.context("shutting the node down")?;
+    node.shutdown().await.context("shutting the node down")?;
     Ok(())
 }
 

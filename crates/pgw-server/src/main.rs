@@ -17,6 +17,17 @@ async fn main() -> ExitCode {
     if let Some(fp) = pgw_store::failpoint::setup_from_env() {
         tracing::warn!(FAILPOINTS = %fp, "this build has fail points (crash tests only)");
     }
+    let web = match pgw_server::web::WebConfigHandle::load(
+        (!config.web_config_file.is_empty()).then(|| std::path::Path::new(&config.web_config_file)),
+    ) {
+        Ok(w) => w,
+        Err(e) => {
+            tracing::error!(err = %e, "cannot start: fix the web config file");
+            eprintln!("pgw: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    // SIGHUP (wired by the binary's signal handling): `web.reload()` re-reads the file.
     let listener = match pgw_server::bind(&config.listen_address).await {
         Ok(l) => l,
         Err(e) => {
@@ -24,7 +35,7 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match pgw_server::run(config, listener, signal()).await {
+    match pgw_server::run_with_web(config, listener, web, signal()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(err = format!("{e:#}"), "pgw stopped with an error");
