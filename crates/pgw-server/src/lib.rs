@@ -65,7 +65,7 @@ pub async fn run(
 }
 
 /// [`run`] with a web configuration the caller loaded (and may reload, e.g. on SIGHUP, with
-/// [`web::WebConfigHandle::reload`]). Raises the soft open-file limit to the hard limit.
+/// [`web::WebConfigHandle::reload`]).
 ///
 /// # Errors
 /// As [`run`].
@@ -129,7 +129,6 @@ pub async fn run_with_web(
         version = env!("CARGO_PKG_VERSION"),
         "listening"
     );
-    edge::raise_fd_limit();
     let stats = Arc::new(edge::EdgeStats::default());
     let listener = edge::TcpAcceptor::new(listener, stats.clone());
     serve_with(

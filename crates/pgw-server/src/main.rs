@@ -17,6 +17,8 @@ async fn main() -> ExitCode {
     if let Some(fp) = pgw_store::failpoint::setup_from_env() {
         tracing::warn!(FAILPOINTS = %fp, "this build has fail points (crash tests only)");
     }
+    // As Go programs do: the soft RLIMIT_NOFILE up to the hard limit, before any socket.
+    pgw_server::edge::raise_fd_limit();
     let web = match pgw_server::web::WebConfigHandle::load(
         (!config.web_config_file.is_empty()).then(|| std::path::Path::new(&config.web_config_file)),
     ) {
