@@ -926,3 +926,278 @@ async fn write_flood_gets_429_with_retry_after() {
         r.text()
     );
 }
+
+/// `pgwctl` (next to `pgw`).
+fn pgwctl(args: &[String], env: &[(&str, &str)]) -> (i32, String, String) {
+    let bin = pgw_binary().with_file_name("pgwctl");
+    assert!(
+        bin.is_file(),
+        "build pgwctl first: cargo build --bin pgwctl"
+    );
+    let mut cmd = Command::new(&bin);
+    cmd.args(args)
+        .env_remove("PGWCTL_USER")
+        .env_remove("PGWCTL_CACERT")
+        .env_remove("PGWCTL_CERT")
+        .env_remove("PGWCTL_KEY");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("run pgwctl");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// pgwctl's HTTP commands speak https with `--cacert`, a client certificate (`--cert`,
+/// `--key`) and basic auth (`--user` or `PGWCTL_USER`); without them they fail with a
+/// message that says what is missing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pgwctl_over_https_with_basic_auth() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let pki = Pki::new(tmp.path());
+    let cfg = tmp.path().join("ctl.yml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n  client_auth_type: RequireAndVerifyClientCert\n  client_ca_file: ca.crt\n\
+             basic_auth_users:\n  alice: {}\n",
+            hash(PASSWORD)
+        ),
+    )
+    .expect("write");
+    let srv = start(Kind::Pgw, tmp.path(), "ctl", Some(&cfg), &[], None)
+        .await
+        .expect("pgw starts");
+    let mut push = vec!["--cacert".to_string(), pki.path("ca.crt")];
+    push.extend(pki.client());
+    push.extend(user("alice", PASSWORD));
+    push.extend([
+        "-X".into(),
+        "PUT".into(),
+        "--data-binary".into(),
+        "m 1\n".into(),
+    ]);
+    push.push(format!(
+        "https://localhost:{}/metrics/job/ctl/instance/a",
+        srv.port
+    ));
+    wait_for(
+        "a push over mTLS with basic auth",
+        Duration::from_secs(30),
+        || {
+            let push = push.clone();
+            async move {
+                let s = curl_async(push).await;
+                if s.code == 200 {
+                    Ok(())
+                } else {
+                    Err(format!("{s:?}"))
+                }
+            }
+        },
+    )
+    .await;
+    let http = format!("localhost:{}", srv.port);
+    let tls_args = |with_cert: bool| {
+        let mut a = vec![
+            "--http".to_string(),
+            http.clone(),
+            "--cacert".into(),
+            pki.path("ca.crt"),
+        ];
+        if with_cert {
+            a.extend(pki.client());
+        }
+        a
+    };
+    let groups = |extra: Vec<String>| {
+        let mut a = vec!["groups".to_string(), "-o".into(), "json".into()];
+        a.extend(extra);
+        a
+    };
+    // Everything given: the group is listed.
+    let mut a = groups(tls_args(true));
+    a.extend(["--user".into(), format!("alice:{PASSWORD}")]);
+    let (code, out, err) = pgwctl(&a, &[]);
+    assert_eq!(code, 0, "pgwctl groups: {out} {err}");
+    assert!(out.contains("\"ctl\""), "{out}");
+    // Credentials from the environment.
+    let (code, out, err) = pgwctl(
+        &groups(tls_args(true)),
+        &[("PGWCTL_USER", &format!("alice:{PASSWORD}"))],
+    );
+    assert_eq!(code, 0, "PGWCTL_USER: {out} {err}");
+    // No credentials: 401, and the message says how to give them.
+    let (code, _, err) = pgwctl(&groups(tls_args(true)), &[]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("401") && err.contains("--user"), "{err}");
+    // Wrong password.
+    let mut a = groups(tls_args(true));
+    a.extend(["--user".into(), "alice:wrong".into()]);
+    let (code, _, err) = pgwctl(&a, &[]);
+    assert!(code != 0 && err.contains("401"), "{err}");
+    // No client certificate: the handshake is refused.
+    let mut a = groups(tls_args(false));
+    a.extend(["--user".into(), format!("alice:{PASSWORD}")]);
+    let (code, _, err) = pgwctl(&a, &[]);
+    assert_ne!(code, 0, "no client certificate must fail: {err}");
+    // Delete through pgwctl, then the group is gone.
+    let mut a = vec!["delete".to_string(), "job=ctl".into(), "instance=a".into()];
+    a.extend(tls_args(true));
+    let (code, out, err) = pgwctl(&a, &[("PGWCTL_USER", &format!("alice:{PASSWORD}"))]);
+    assert_eq!(code, 0, "pgwctl delete: {out} {err}");
+    let (code, out, err) = pgwctl(
+        &groups(tls_args(true)),
+        &[("PGWCTL_USER", &format!("alice:{PASSWORD}"))],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        !out.contains("\"ctl\""),
+        "deleted group still listed: {out}"
+    );
+}
+
+/// Pushes one gauge with the real Python `prometheus_client` and its `basic_auth_handler`
+/// over https (the CA given by `SSL_CERT_FILE`). Returns success and stderr.
+fn python_push(gateway: &str, ca: &str, user: &str, password: &str) -> (bool, String) {
+    const SCRIPT: &str = r#"
+import sys
+from prometheus_client import CollectorRegistry, Gauge
+from prometheus_client.exposition import basic_auth_handler, push_to_gateway
+gateway, user, password = sys.argv[1:4]
+def handler(url, method, timeout, headers, data):
+    return basic_auth_handler(url, method, timeout, headers, data, user, password)
+reg = CollectorRegistry()
+Gauge("batch_last_success", "Last success of the batch job.", registry=reg).set(42)
+push_to_gateway(gateway, job="nightly", registry=reg, grouping_key={"instance": "db-1"}, handler=handler)
+"#;
+    let py =
+        std::env::var_os("PGW_TEST_PYTHON").map_or_else(|| PathBuf::from("python3"), PathBuf::from);
+    let out = Command::new(py)
+        .args(["-c", SCRIPT, gateway, user, password])
+        .env("SSL_CERT_FILE", ca)
+        .output()
+        .expect("run python3 (pip install -r tests/requirements.txt)");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Query Prometheus' HTTP API (plain HTTP on loopback).
+async fn prom_query(prom: SocketAddr, q: &str) -> Result<serde_json::Value, String> {
+    let mut path = String::from("/api/v1/query?query=");
+    for b in q.bytes() {
+        if b.is_ascii_alphanumeric() || b"_-.".contains(&b) {
+            path.push(b as char);
+        } else {
+            path.push_str(&format!("%{b:02X}"));
+        }
+    }
+    let r = support::get(prom, &path, Duration::from_secs(5)).await?;
+    let v: serde_json::Value = serde_json::from_slice(&r.body).map_err(|e| e.to_string())?;
+    if v["status"] != "success" {
+        return Err(format!("query {q}: {v}"));
+    }
+    Ok(v["data"]["result"].clone())
+}
+
+/// The real Python `prometheus_client` pushes over https with basic auth (and is refused
+/// with a wrong password), and a real Prometheus scrapes the node over TLS with basic auth.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_client_and_prometheus_over_tls_with_basic_auth() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let pki = Pki::new(tmp.path());
+    let cfg = tmp.path().join("tls.yml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n\
+             basic_auth_users:\n  alice: {}\n",
+            hash(PASSWORD)
+        ),
+    )
+    .expect("write");
+    let srv = start(Kind::Pgw, tmp.path(), "tls", Some(&cfg), &[], None)
+        .await
+        .expect("pgw starts");
+    let gateway = format!("https://localhost:{}", srv.port);
+    let ca = pki.path("ca.crt");
+    let (ok, err) = python_push(&gateway, &ca, "alice", "wrong");
+    assert!(
+        !ok && err.contains("401"),
+        "a wrong password must be refused: {err}"
+    );
+    wait_for(
+        "prometheus_client to push over https",
+        Duration::from_secs(30),
+        || {
+            let (gateway, ca) = (gateway.clone(), ca.clone());
+            async move {
+                let (ok, err) = tokio::task::spawn_blocking(move || {
+                    python_push(&gateway, &ca, "alice", PASSWORD)
+                })
+                .await
+                .expect("task");
+                if ok { Ok(()) } else { Err(err) }
+            }
+        },
+    )
+    .await;
+
+    let prom_cfg = tmp.path().join("prometheus.yml");
+    std::fs::write(
+        &prom_cfg,
+        format!(
+            "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\nscrape_configs:\n  - job_name: pgw\n    honor_labels: true\n    scheme: https\n    tls_config:\n      ca_file: {ca}\n    basic_auth:\n      username: alice\n      password: {PASSWORD}\n    static_configs:\n      - targets: ['localhost:{}']\n",
+            srv.port
+        ),
+    )
+    .expect("write");
+    let prom = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let log = std::fs::File::create(tmp.path().join("prometheus.log")).expect("log");
+    let bin = PathBuf::from("/usr/bin/prometheus");
+    assert!(bin.is_file(), "apt-get install prometheus (CI does)");
+    let mut child = Command::new(bin)
+        .arg(format!("--config.file={}", prom_cfg.display()))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            tmp.path().join("tsdb").display()
+        ))
+        .arg(format!("--web.listen-address={prom}"))
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().expect("clone"))
+        .stderr(log)
+        .spawn()
+        .expect("start prometheus");
+    let r = tokio::time::timeout(
+        Duration::from_secs(60),
+        wait_for(
+            "Prometheus to scrape the pushed gauge over TLS",
+            Duration::from_secs(60),
+            || async move {
+                let r = prom_query(prom, "batch_last_success").await?;
+                if r.as_array().map_or(0, Vec::len) == 1 {
+                    Ok(r)
+                } else {
+                    Err(format!("{r}"))
+                }
+            },
+        ),
+    )
+    .await;
+    let _ = child.kill();
+    let _ = child.wait();
+    let r = r.unwrap_or_else(|_| {
+        panic!(
+            "prometheus: {}",
+            std::fs::read_to_string(tmp.path().join("prometheus.log")).unwrap_or_default()
+        )
+    });
+    assert_eq!(r[0]["metric"]["job"], "nightly", "{r}");
+    assert_eq!(r[0]["metric"]["instance"], "db-1", "{r}");
+    assert_eq!(r[0]["value"][1], "42", "{r}");
+}

@@ -18,6 +18,7 @@ mod commands;
 mod error;
 mod http;
 mod output;
+mod tls;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -57,6 +58,10 @@ pub struct Cli {
     /// Bound of one request, and of the search for a leader (e.g. 500ms, 10s, 1m).
     #[arg(long, global = true, default_value = "10s", value_parser = parse_duration, value_name = "DURATION")]
     pub timeout: Duration,
+
+    /// TLS and credentials (`--cacert`, `--cert`, `--key`, `--user`).
+    #[command(flatten)]
+    pub tls: tls::TlsArgs,
 
     /// The command.
     #[command(subcommand)]
