@@ -232,7 +232,20 @@ impl Conn {
             };
             acceptor.accept(io).await
         };
-        match tokio::time::timeout(self.limits.read_header_timeout, handshake).await {
+        let mut close = self.close.clone();
+        let handshake = async move {
+            tokio::select! {
+                r = handshake => Some(r),
+                _ = close.wait_for(|c| *c) => None,
+            }
+        };
+        let outcome = match tokio::time::timeout(self.limits.read_header_timeout, handshake).await {
+            // The server is shutting down: drop a connection still in its handshake.
+            Ok(None) => return,
+            Ok(Some(r)) => Ok(r),
+            Err(e) => Err(e),
+        };
+        match outcome {
             Ok(Ok(stream)) => {
                 let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
                 self.serve(stream, h2).await;

@@ -931,6 +931,23 @@ mod tests {
     }
 
     #[test]
+    fn a_bad_reload_keeps_the_old_configuration() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("web.yml");
+        std::fs::write(&p, format!("basic_auth_users:\n  a: {HASH}\n")).expect("write");
+        let h = WebConfigHandle::load(Some(&p)).expect("loads");
+        assert!(h.last_reload_ok());
+        std::fs::write(&p, "basic_auth_users:\n  a: plain\n").expect("write");
+        assert!(h.reload().is_err());
+        assert!(!h.last_reload_ok());
+        assert!(h.current().users.contains_key("a"), "old users kept");
+        std::fs::write(&p, format!("basic_auth_users:\n  b: {HASH}\n")).expect("write");
+        h.reload().expect("reloads");
+        assert!(h.last_reload_ok());
+        assert!(h.current().users.contains_key("b") && !h.current().users.contains_key("a"));
+    }
+
+    #[test]
     fn basic_auth_header() {
         let mut h = HeaderMap::new();
         h.insert(

@@ -51,6 +51,11 @@ impl BufferedBody {
         Ok(&self.buf)
     }
 
+    /// The body itself (whatever was buffered is dropped).
+    pub fn into_body(self) -> Body {
+        self.body
+    }
+
     /// Reads the whole body; `TooLarge` as soon as more than `limit` bytes arrived.
     pub async fn read_all(mut self, limit: usize) -> Result<Vec<u8>, ReadError> {
         while !self.done {
@@ -95,5 +100,24 @@ pub fn gzip_header_error(prefix: &[u8]) -> Option<&'static str> {
         Some("gzip: invalid header")
     } else {
         None
+    }
+}
+
+/// At most this much of an unread request body is read and discarded before an early answer
+/// (Go's server does the same, with the same bound).
+const DRAIN_LIMIT: usize = 256 << 10;
+
+/// Reads and discards what remains of a request body that is answered without being read
+/// (401, 403), up to 256 KiB and until `deadline`. Over HTTP/2 the answer to a stream whose
+/// body is still arriving goes out with a reset that can overtake it (the client then sees no
+/// answer at all); a finished body avoids that. Larger or slower bodies are left: the
+/// connection layer resets or closes them.
+pub async fn drain(mut body: Body, deadline: tokio::time::Instant) {
+    let mut seen = 0usize;
+    while seen <= DRAIN_LIMIT {
+        match tokio::time::timeout_at(deadline, body.frame()).await {
+            Ok(Some(Ok(f))) => seen += f.data_ref().map_or(0, |d| d.len()),
+            _ => return,
+        }
     }
 }

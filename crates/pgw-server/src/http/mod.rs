@@ -173,13 +173,15 @@ pub(crate) async fn dispatch(State(app): State<Arc<App>>, req: Request) -> Respo
     let body_deadline = tokio::time::Instant::now() + app.settings.edge.read_body_timeout;
     let (parts, body) = req.into_parts();
     let web = app.web.current();
+    let mut body = Some(body);
     let mut resp = match app.web.authenticate(&web, &parts.headers).await {
         Ok(principal) => {
             let access = Access {
                 web: &web,
                 principal,
             };
-            let (resp, instrument) = handle(&app, &parts, body, &access, body_deadline).await;
+            let req_body = body.take().unwrap_or_default();
+            let (resp, instrument) = handle(&app, &parts, req_body, &access, body_deadline).await;
             if let Some(i) = instrument {
                 let push = i
                     .push_body
@@ -197,6 +199,7 @@ pub(crate) async fn dispatch(State(app): State<Arc<App>>, req: Request) -> Respo
             app.edge.unauthorized.fetch_add(1, Relaxed);
             let mut r = resp::error(StatusCode::UNAUTHORIZED, "Unauthorized");
             resp::set(&mut r, http::header::WWW_AUTHENTICATE, "Basic");
+            body::drain(body.take().unwrap_or_default(), body_deadline).await;
             r
         }
     };
@@ -217,11 +220,12 @@ struct Access<'a> {
 }
 
 impl Access<'_> {
-    /// `Err(403 response)` when the principal's scope does not allow `method` (with
+    /// A 403 response when the principal's scope does not allow `method` (with
     /// `push_job` for pushes and deletes of a group).
-    fn check(&self, app: &App, method: &Method, push_job: Option<&str>) -> Result<(), Response> {
+    fn check(&self, app: &App, method: &Method, push_job: Option<&str>) -> Option<Response> {
         crate::web::authorize(self.web, &self.principal, method, push_job)
-            .map_err(|msg| forbidden(app, &msg))
+            .err()
+            .map(|msg| forbidden(app, &msg))
     }
 }
 
@@ -292,7 +296,8 @@ async fn handle(
         && path.starts_with(&app.api_base)
         && path[app.api_base.len()] == b'/'
     {
-        if let Err(r) = access.check(app, &parts.method, None) {
+        if let Some(r) = access.check(app, &parts.method, None) {
+            body::drain(body, body_deadline).await;
             return (r, None);
         }
         return api::handle(app, parts, body, &path, app.api_base.len()).await;
@@ -326,7 +331,8 @@ async fn handle(
         }
         _ => None,
     };
-    if let Err(r) = access.check(app, &parts.method, push_job.as_deref()) {
+    if let Some(r) = access.check(app, &parts.method, push_job.as_deref()) {
+        body::drain(body.into_body(), body_deadline).await;
         return (r, None);
     }
     match route {
