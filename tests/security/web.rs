@@ -1201,3 +1201,116 @@ async fn python_client_and_prometheus_over_tls_with_basic_auth() {
     assert_eq!(r[0]["metric"]["instance"], "db-1", "{r}");
     assert_eq!(r[0]["value"][1], "42", "{r}");
 }
+
+/// Scrapes `/metrics` and returns the value of a self-metric sample line `name`.
+async fn self_metric(addr: SocketAddr, name: &str) -> Result<f64, String> {
+    let r = support::get(addr, "/metrics", Duration::from_secs(10)).await?;
+    let text = r.text();
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .and_then(|v| v.trim().parse().ok())
+        .ok_or_else(|| format!("{name} not in /metrics"))
+}
+
+/// With `--web.max-connections` open, one more connection is closed at once and counted;
+/// once they are gone the node serves again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_beyond_the_bound_are_closed() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let srv = start(
+        Kind::Pgw,
+        tmp.path(),
+        "bound",
+        None,
+        &["--web.max-connections=5"],
+        None,
+    )
+    .await
+    .expect("pgw starts");
+    let addr = srv.addr();
+    // The accept loop runs once the node has started: wait for it, and for the probe's
+    // connection to be gone.
+    wait_for(
+        "the node to serve",
+        Duration::from_secs(30),
+        || async move { self_metric(addr, "pgw_http_connections_open").await },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut held = Vec::new();
+    for _ in 0..5 {
+        held.push(TcpStream::connect(addr).await.expect("connect"));
+    }
+    // Wait until the server has taken all five (the gauge counts them).
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut extra = TcpStream::connect(addr).await.expect("connect");
+    let _ = extra
+        .write_all(b"GET /-/healthy HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await;
+    let mut buf = [0u8; 64];
+    let n = tokio::time::timeout(Duration::from_secs(5), extra.read(&mut buf))
+        .await
+        .expect("the sixth connection must be closed at once, not held");
+    assert!(
+        matches!(n, Ok(0) | Err(_)),
+        "the sixth connection was served: {n:?}"
+    );
+    drop(held);
+    let rejected = wait_for(
+        "the node to serve again",
+        Duration::from_secs(10),
+        || async move { self_metric(addr, "pgw_http_connections_rejected_total").await },
+    )
+    .await;
+    assert!(rejected >= 1.0, "rejections counted: {rejected}");
+}
+
+/// Out of file descriptors (`EMFILE`, a hard limit of 128 the node cannot raise), accepting
+/// fails: the node retries with backoff, counts the errors, stays up, and serves again once
+/// connections are closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn accept_errors_are_retried_not_fatal() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let wrap = vec![
+        "prlimit".to_string(),
+        "--nofile=128:128".into(),
+        "--".into(),
+    ];
+    let mut srv = start(Kind::Pgw, tmp.path(), "emfile", None, &[], Some(&wrap))
+        .await
+        .expect("pgw starts under prlimit");
+    let addr = srv.addr();
+    wait_for(
+        "the node to answer",
+        Duration::from_secs(30),
+        || async move { self_metric(addr, "pgw_http_accept_errors_total").await },
+    )
+    .await;
+    let mut held = Vec::new();
+    for _ in 0..200 {
+        if let Ok(Ok(s)) =
+            tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(addr)).await
+        {
+            held.push(s);
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    drop(held);
+    let errors = wait_for(
+        "the node to serve again",
+        Duration::from_secs(30),
+        || async move { self_metric(addr, "pgw_http_accept_errors_total").await },
+    )
+    .await;
+    assert!(errors >= 1.0, "accept errors counted: {errors}");
+    assert!(
+        matches!(srv.child.try_wait(), Ok(None)),
+        "the node must stay up"
+    );
+    assert!(
+        srv.log_text()
+            .contains("accepting an HTTP connection failed"),
+        "{}",
+        srv.log_text()
+    );
+}

@@ -3,7 +3,8 @@
 //! Owns: the command line (status, members, leader, snapshot, backup and restore, and the
 //! HTTP-API shortcuts groups/delete/wipe), following the leader from any endpoint, the
 //! quorum-safety checks of membership changes, the backup file format, and the table and JSON
-//! output (shapes documented in docs/operations.md).
+//! output (shapes documented in docs/operations.md), and the transport options `--cacert`,
+//! `--cert`, `--key`, `--user` (module `tls`: HTTPS and basic auth for the HTTP commands).
 //!
 //! Does not own: Raft, storage or HTTP serving. It is a thin client of the admin gRPC service
 //! (`pgw.v1.AdminService`, from pgw-proto) and of a node's HTTP API, and must not depend on
