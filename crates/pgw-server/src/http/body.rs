@@ -51,9 +51,11 @@ impl BufferedBody {
         Ok(&self.buf)
     }
 
-    /// The body itself (whatever was buffered is dropped).
-    pub fn into_body(self) -> Body {
-        self.body
+    /// Discards the rest of the body before an answer that does not need it ([`drain`]).
+    pub async fn discard(self) {
+        if !self.done {
+            drain(self.body, self.deadline).await;
+        }
     }
 
     /// Reads the whole body; `TooLarge` as soon as more than `limit` bytes arrived.

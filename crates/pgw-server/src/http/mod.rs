@@ -317,7 +317,10 @@ async fn handle(
 
     let (route, caps) = match app.main.route(&parts.method, &path) {
         Outcome::Match(route, caps) => (route, caps),
-        other => return (table_response(parts, other), None),
+        other => {
+            body.discard().await;
+            return (table_response(parts, other), None);
+        }
     };
     // Scopes: a push or delete of a group is checked against its job name (a key that
     // does not parse is refused by the handler with 400 and changes nothing); everything
@@ -332,7 +335,7 @@ async fn handle(
         _ => None,
     };
     if let Some(r) = access.check(app, &parts.method, push_job.as_deref()) {
-        body::drain(body.into_body(), body_deadline).await;
+        body.discard().await;
         return (r, None);
     }
     match route {

@@ -100,7 +100,10 @@ pub(super) async fn push(
 ) -> (Response, usize) {
     let key = match parse_key(job, b64, labels) {
         Ok(k) => k,
-        Err(r) => return (r.response(), 0),
+        Err(r) => {
+            body.discard().await;
+            return (r.response(), 0);
+        }
     };
     let max = app.settings.max_body_bytes;
     // Refuse an announced oversized body before reading any of it.
