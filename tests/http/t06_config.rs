@@ -29,17 +29,11 @@ async fn persistence_flags_are_refused() {
     assert!(format!("{err:#}").contains("--storage.path"), "{err:#}");
 }
 
-/// TLS/auth and socket activation flags are refused with a pointer to the alternative.
+/// `--web.config.file` is accepted (issue 10: TLS and basic auth, tested in tests/security);
+/// socket activation is refused with a pointer to the alternative.
 #[test]
 fn unsupported_web_flags_are_refused() {
-    let err = config(&["--web.config.file=web.yml"])
-        .validate()
-        .expect_err("refused")
-        .to_string();
-    assert!(
-        err.contains("not supported") && err.contains("proxy"),
-        "{err}"
-    );
+    assert!(config(&["--web.config.file=web.yml"]).validate().is_ok());
     let err = config(&["--web.systemd-socket"])
         .validate()
         .expect_err("refused")

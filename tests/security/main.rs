@@ -8,3 +8,4 @@ mod support;
 
 mod forged;
 mod mtls;
+mod web;

@@ -80,16 +80,16 @@ pub async fn run(cli: Cli) -> Result<i32> {
             .map(|()| 0),
         Command::Restore { file, force } => restore(&client, out, &file, force).await.map(|()| 0),
         Command::Groups { http, linearizable } => {
-            let base = http_base(&client, http).await?;
-            let rows = http::groups(&base, linearizable, client.timeout).await?;
+            let base = http_base(&client, http, cli.tls.https()).await?;
+            let rows = http::groups(&base, linearizable, client.timeout, &cli.tls).await?;
             print_groups(out, &rows);
             Ok(0)
         }
         Command::Delete { labels, http } => {
             let pairs = parse_labels(&labels)?;
             http::group_path(&pairs).map_err(CtlError::usage)?;
-            let base = http_base(&client, http).await?;
-            let url = http::delete(&base, &pairs, client.timeout).await?;
+            let base = http_base(&client, http, cli.tls.https()).await?;
+            let url = http::delete(&base, &pairs, client.timeout, &cli.tls).await?;
             match out {
                 Format::Json => print_json(&serde_json::json!({
                     "deleted": pairs.iter().cloned().collect::<std::collections::BTreeMap<_, _>>(),
@@ -105,8 +105,8 @@ pub async fn run(cli: Cli) -> Result<i32> {
                     "wipe deletes every group of the cluster; add --yes to confirm",
                 ));
             }
-            let base = http_base(&client, http).await?;
-            http::wipe(&base, client.timeout).await?;
+            let base = http_base(&client, http, cli.tls.https()).await?;
+            http::wipe(&base, client.timeout, &cli.tls).await?;
             match out {
                 Format::Json => print_json(&serde_json::json!({ "wiped": true, "url": base })),
                 Format::Table => println!("wiped every group (through {base})"),
@@ -976,9 +976,9 @@ async fn restore(client: &Client, out: Format, file: &Path, force: bool) -> Resu
 // HTTP commands
 
 /// The HTTP base URL: `--http`, else the address the first answering endpoint reports.
-async fn http_base(client: &Client, http: Option<String>) -> Result<String> {
+async fn http_base(client: &Client, http: Option<String>, https: bool) -> Result<String> {
     if let Some(h) = http {
-        return Ok(http::base_url(&h));
+        return Ok(http::base_url(&h, https));
     }
     let (addr, s) = client.first_status().await?;
     if s.http_address.is_empty() || s.http_address.starts_with(':') {
@@ -988,7 +988,7 @@ async fn http_base(client: &Client, http: Option<String>) -> Result<String> {
             s.node_id
         )));
     }
-    Ok(http::base_url(&s.http_address))
+    Ok(http::base_url(&s.http_address, https))
 }
 
 fn parse_labels(args: &[String]) -> Result<Vec<(String, String)>> {

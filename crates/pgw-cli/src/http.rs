@@ -9,6 +9,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::Serialize;
 
 use crate::error::{CtlError, Result};
+use crate::tls::TlsArgs;
 
 /// Name of the synthetic push-time gauge of every group.
 const PUSH_TIME: &str = "push_time_seconds";
@@ -34,21 +35,49 @@ pub struct GroupRow {
     pub families: Vec<String>,
 }
 
-/// A base URL (`http://host:port`) from `host:port` or a URL.
-pub fn base_url(addr: &str) -> String {
+/// A base URL (`http://host:port`, or `https://` when `https`) from `host:port` or a URL.
+pub fn base_url(addr: &str, https: bool) -> String {
     let a = addr.trim_end_matches('/');
     if a.starts_with("http://") || a.starts_with("https://") {
         a.to_string()
+    } else if https {
+        format!("https://{a}")
     } else {
         format!("http://{a}")
     }
 }
 
-fn client(timeout: Duration) -> Result<reqwest::Client> {
-    reqwest::Client::builder()
-        .timeout(timeout)
-        .build()
+/// An HTTP client with the TLS options, and basic auth on every request when `--user` is
+/// given.
+fn client(timeout: Duration, tls: &TlsArgs) -> Result<reqwest::Client> {
+    let mut b = reqwest::Client::builder().timeout(timeout);
+    b = tls.apply_http(b)?;
+    if let Some((user, pass)) = tls.basic_auth()? {
+        let token = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"));
+        let mut v = reqwest::header::HeaderValue::from_str(&format!("Basic {token}"))
+            .map_err(|_| CtlError::usage("--user has characters a header cannot carry"))?;
+        v.set_sensitive(true);
+        let mut h = reqwest::header::HeaderMap::new();
+        h.insert(reqwest::header::AUTHORIZATION, v);
+        b = b.default_headers(h);
+    }
+    b.build()
         .map_err(|e| CtlError::failed(format!("cannot build an HTTP client: {e}")))
+}
+
+/// A non-success answer, with a hint for the statuses that TLS and credentials explain.
+fn refused(what: &str, status: reqwest::StatusCode, body: &str) -> CtlError {
+    let hint = match status.as_u16() {
+        401 => " (give credentials with --user USER:PASSWORD or PGWCTL_USER)",
+        403 => {
+            " (these credentials' scope does not allow it: see pgw_authorization in the web config file)"
+        }
+        400 if body.contains("HTTPS server") => {
+            " (the node serves TLS: give --cacert FILE, or an https:// address)"
+        }
+        _ => "",
+    };
+    CtlError::failed(format!("{what} answered {status}: {}{hint}", body.trim()))
 }
 
 fn send_error(base: &str, e: &reqwest::Error) -> CtlError {
@@ -127,13 +156,18 @@ pub fn parse_groups(body: &[u8]) -> std::result::Result<Vec<GroupRow>, String> {
 }
 
 /// `GET /api/v1/metrics` (linearizable when asked).
-pub async fn groups(base: &str, linearizable: bool, timeout: Duration) -> Result<Vec<GroupRow>> {
+pub async fn groups(
+    base: &str,
+    linearizable: bool,
+    timeout: Duration,
+    tls: &TlsArgs,
+) -> Result<Vec<GroupRow>> {
     let url = if linearizable {
         format!("{base}/api/v1/metrics?consistency=linearizable")
     } else {
         format!("{base}/api/v1/metrics")
     };
-    let resp = client(timeout)?
+    let resp = client(timeout, tls)?
         .get(&url)
         .send()
         .await
@@ -144,10 +178,11 @@ pub async fn groups(base: &str, linearizable: bool, timeout: Duration) -> Result
         .await
         .map_err(|e| CtlError::failed(format!("reading the answer of {url}: {e}")))?;
     if !status.is_success() {
-        return Err(CtlError::failed(format!(
-            "GET {url} answered {status}: {}",
-            String::from_utf8_lossy(&body).trim()
-        )));
+        return Err(refused(
+            &format!("GET {url}"),
+            status,
+            &String::from_utf8_lossy(&body),
+        ));
     }
     parse_groups(&body).map_err(|e| CtlError::failed(format!("GET {url}: unexpected answer: {e}")))
 }
@@ -187,10 +222,15 @@ pub fn group_path(labels: &[(String, String)]) -> std::result::Result<String, St
 }
 
 /// `DELETE` of one group; the node answers 202 once the delete is committed.
-pub async fn delete(base: &str, labels: &[(String, String)], timeout: Duration) -> Result<String> {
+pub async fn delete(
+    base: &str,
+    labels: &[(String, String)],
+    timeout: Duration,
+    tls: &TlsArgs,
+) -> Result<String> {
     let path = group_path(labels).map_err(CtlError::usage)?;
     let url = format!("{base}{path}");
-    let resp = client(timeout)?
+    let resp = client(timeout, tls)?
         .delete(&url)
         .send()
         .await
@@ -200,16 +240,13 @@ pub async fn delete(base: &str, labels: &[(String, String)], timeout: Duration) 
         return Ok(url);
     }
     let body = resp.text().await.unwrap_or_default();
-    Err(CtlError::failed(format!(
-        "DELETE {url} answered {status}: {}",
-        body.trim()
-    )))
+    Err(refused(&format!("DELETE {url}"), status, &body))
 }
 
 /// `PUT /api/v1/admin/wipe`.
-pub async fn wipe(base: &str, timeout: Duration) -> Result<()> {
+pub async fn wipe(base: &str, timeout: Duration, tls: &TlsArgs) -> Result<()> {
     let url = format!("{base}/api/v1/admin/wipe");
-    let resp = client(timeout)?
+    let resp = client(timeout, tls)?
         .put(&url)
         .send()
         .await
@@ -225,10 +262,7 @@ pub async fn wipe(base: &str, timeout: Duration) -> Result<()> {
         )));
     }
     let body = resp.text().await.unwrap_or_default();
-    Err(CtlError::failed(format!(
-        "PUT {url} answered {status}: {}",
-        body.trim()
-    )))
+    Err(refused(&format!("PUT {url}"), status, &body))
 }
 
 #[cfg(test)]

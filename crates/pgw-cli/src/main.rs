@@ -3,7 +3,8 @@
 //! Owns: the command line (status, members, leader, snapshot, backup and restore, and the
 //! HTTP-API shortcuts groups/delete/wipe), following the leader from any endpoint, the
 //! quorum-safety checks of membership changes, the backup file format, and the table and JSON
-//! output (shapes documented in docs/operations.md).
+//! output (shapes documented in docs/operations.md), and the transport options `--cacert`,
+//! `--cert`, `--key`, `--user` (module `tls`: HTTPS and basic auth for the HTTP commands).
 //!
 //! TLS: `--cacert`/`--cert`/`--key` (env `PGWCTL_CACERT`, `PGWCTL_CERT`, `PGWCTL_KEY`, see
 //! `tls.rs`) make the gRPC commands speak mutual TLS to the cluster port (pgw-tls).
@@ -62,7 +63,8 @@ pub struct Cli {
     #[arg(long, global = true, default_value = "10s", value_parser = parse_duration, value_name = "DURATION")]
     pub timeout: Duration,
 
-    /// TLS to the cluster port (and, where supported, HTTP).
+    /// TLS to the cluster port and the HTTP port, and HTTP credentials (`--cacert`, `--cert`,
+    /// `--key`, `--user`).
     #[command(flatten)]
     pub tls: tls::TlsArgs,
 

@@ -35,18 +35,6 @@ pub const RESERVED: &[ReservedFamily] = &[
         present_at_start: true,
     },
     ReservedFamily {
-        name: "pgw_config_last_reload_success_timestamp_seconds",
-        r#type: MetricType::Gauge,
-        help: "When the reloadable configuration was last loaded successfully (start or SIGHUP).",
-        present_at_start: true,
-    },
-    ReservedFamily {
-        name: "pgw_config_last_reload_successful",
-        r#type: MetricType::Gauge,
-        help: "1 if the last configuration reload (SIGHUP) succeeded, else 0.",
-        present_at_start: true,
-    },
-    ReservedFamily {
         name: "pgw_cluster_refused_admin_requests_total",
         r#type: MetricType::Counter,
         help: "Admin requests (membership changes, restores) this node refused by its safety rules.",
@@ -56,12 +44,6 @@ pub const RESERVED: &[ReservedFamily] = &[
         name: "pgw_cluster_refused_forwarded_writes_total",
         r#type: MetricType::Counter,
         help: "Forwarded writes this node refused before proposing them, by reason.",
-        present_at_start: true,
-    },
-    ReservedFamily {
-        name: "pgw_push_rejected_total",
-        r#type: MetricType::Counter,
-        help: "Pushes this node answered with a refusal by a --push.max-* limit, by reason.",
         present_at_start: true,
     },
     ReservedFamily {
@@ -75,6 +57,78 @@ pub const RESERVED: &[ReservedFamily] = &[
         r#type: MetricType::Gauge,
         help: "Whether the last re-read of the cluster TLS files succeeded (1) or kept the previous ones (0).",
         present_at_start: false,
+    },
+    ReservedFamily {
+        name: "pgw_config_last_reload_success_timestamp_seconds",
+        r#type: MetricType::Gauge,
+        help: "When the reloadable configuration was last loaded successfully (start or SIGHUP).",
+        present_at_start: true,
+    },
+    ReservedFamily {
+        name: "pgw_config_last_reload_successful",
+        r#type: MetricType::Gauge,
+        help: "1 if the last configuration reload (SIGHUP) succeeded, else 0.",
+        present_at_start: true,
+    },
+    ReservedFamily {
+        name: "pgw_http_accept_errors_total",
+        r#type: MetricType::Counter,
+        help: "Failed accepts of HTTP connections (retried with backoff).",
+        present_at_start: true,
+    },
+    ReservedFamily {
+        name: "pgw_http_body_timeouts_total",
+        r#type: MetricType::Counter,
+        help: "Requests answered 408 because their body did not arrive within --web.read-body-timeout.",
+        present_at_start: true,
+    },
+    ReservedFamily {
+        name: "pgw_http_connections_open",
+        r#type: MetricType::Gauge,
+        help: "HTTP connections being served.",
+        present_at_start: true,
+    },
+    ReservedFamily {
+        name: "pgw_http_connections_rejected_total",
+        r#type: MetricType::Counter,
+        help: "HTTP connections closed at once because --web.max-connections were open.",
+        present_at_start: true,
+    },
+    ReservedFamily {
+        name: "pgw_http_connections_timed_out_total",
+        r#type: MetricType::Counter,
+        help: "HTTP connections closed by the header or idle timeout.",
+        present_at_start: true,
+    },
+    ReservedFamily {
+        name: "pgw_http_forbidden_total",
+        r#type: MetricType::Counter,
+        help: "Requests answered 403 by a pgw_authorization scope.",
+        present_at_start: true,
+    },
+    ReservedFamily {
+        name: "pgw_http_tls_handshake_failures_total",
+        r#type: MetricType::Counter,
+        help: "Failed or timed-out TLS handshakes on the HTTP port.",
+        present_at_start: true,
+    },
+    ReservedFamily {
+        name: "pgw_http_unauthorized_total",
+        r#type: MetricType::Counter,
+        help: "Requests answered 401 (missing or wrong basic-auth credentials).",
+        present_at_start: true,
+    },
+    ReservedFamily {
+        name: "pgw_http_writes_throttled_total",
+        r#type: MetricType::Counter,
+        help: "Writes answered 429 because --push.max-pending-writes writes were waiting.",
+        present_at_start: true,
+    },
+    ReservedFamily {
+        name: "pgw_push_rejected_total",
+        r#type: MetricType::Counter,
+        help: "Pushes this node answered with a refusal by a --push.max-* limit, by reason.",
+        present_at_start: true,
     },
     ReservedFamily {
         name: "pgw_raft_applied_index",
@@ -159,6 +213,12 @@ pub const RESERVED: &[ReservedFamily] = &[
         name: "pgw_storage_snapshot_write_failures_total",
         r#type: MetricType::Counter,
         help: "Failed attempts to write a snapshot file; each is retried with backoff.",
+        present_at_start: true,
+    },
+    ReservedFamily {
+        name: "pgw_web_config_last_reload_successful",
+        r#type: MetricType::Gauge,
+        help: "1 if the last load of --web.config.file succeeded, else 0 (the previous configuration stays in force).",
         present_at_start: true,
     },
     ReservedFamily {

@@ -314,9 +314,45 @@ pub struct Config {
     #[arg(long = "persistence.interval", help_heading = REFUSED, value_name = "DURATION")]
     pub persistence_interval: Option<String>,
 
-    /// Refused: TLS and basic auth are not supported; put a reverse proxy in front.
-    #[arg(long = "web.config.file", help_heading = REFUSED, value_name = "FILE")]
-    pub web_config_file: Option<String>,
+    /// Path to the exporter-toolkit web configuration file (TLS, basic auth, response
+    /// headers; and pgw's own `pgw_authorization` section). Re-read on SIGHUP.
+    #[arg(long = "web.config.file", value_name = "FILE", default_value = "")]
+    pub web_config_file: String,
+
+    /// A request head (and, over TLS, the handshake) must arrive within this time of the
+    /// connection's start or the end of the previous response; else the connection is closed.
+    #[arg(long = "web.read-header-timeout", default_value = "30s", value_parser = parse_duration,
+          value_name = "DURATION")]
+    pub read_header_timeout: Duration,
+
+    /// A request body must be complete within this time of its head, extended by one second
+    /// for every 64 KiB received; a stalled or trickling body is answered 408.
+    #[arg(long = "web.read-body-timeout", default_value = "30s", value_parser = parse_duration,
+          value_name = "DURATION")]
+    pub read_body_timeout: Duration,
+
+    /// A keep-alive connection without a request and without I/O for this long is closed.
+    #[arg(long = "web.idle-timeout", default_value = "2m", value_parser = parse_duration,
+          value_name = "DURATION")]
+    pub idle_timeout: Duration,
+
+    /// Most concurrent HTTP connections; beyond it new connections are closed at once (and
+    /// counted in pgw_http_connections_rejected_total).
+    #[arg(
+        long = "web.max-connections",
+        default_value_t = 10_000,
+        value_name = "N"
+    )]
+    pub max_connections: usize,
+
+    /// Most writes (pushes, deletes) this node holds waiting for the Raft log; beyond it a
+    /// write is answered 429 with Retry-After.
+    #[arg(
+        long = "push.max-pending-writes",
+        default_value_t = 4096,
+        value_name = "N"
+    )]
+    pub max_pending_writes: usize,
 
     /// Refused: systemd socket activation is not supported.
     #[arg(long = "web.systemd-socket", help_heading = REFUSED, num_args = 0..=1,
@@ -345,12 +381,6 @@ pub enum ConfigError {
          --persistence.interval and set --storage.path to a directory instead"
     )]
     Persistence(&'static str),
-    /// `--web.config.file`.
-    #[error(
-        "--web.config.file is not supported: pgw serves plain HTTP only; for TLS or basic \
-         auth put a reverse proxy (nginx, Caddy, Envoy, ...) in front of it"
-    )]
-    WebConfig,
     /// `--web.systemd-socket`.
     #[error(
         "--web.systemd-socket is not supported: pass --web.listen-address instead of using \
@@ -430,6 +460,25 @@ pub struct Settings {
     pub warnings: Vec<String>,
     /// The cluster flags, resolved.
     pub cluster: ClusterSettings,
+    /// `--web.config.file`, if given.
+    pub web_config_file: Option<PathBuf>,
+    /// Connection hygiene and backpressure limits.
+    pub edge: EdgeSettings,
+}
+
+/// The HTTP edge's timeouts and bounds (see `docs/security.md`, "HTTP port").
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EdgeSettings {
+    /// `--web.read-header-timeout`.
+    pub read_header_timeout: Duration,
+    /// `--web.read-body-timeout`.
+    pub read_body_timeout: Duration,
+    /// `--web.idle-timeout`.
+    pub idle_timeout: Duration,
+    /// `--web.max-connections`.
+    pub max_connections: usize,
+    /// `--push.max-pending-writes`.
+    pub max_pending_writes: usize,
 }
 
 impl Settings {
@@ -497,7 +546,7 @@ impl Config {
     /// Checks the flags and resolves the HTTP settings.
     ///
     /// # Errors
-    /// Any upstream flag pgw refuses (`--persistence.*`, `--web.config.file`,
+    /// Any upstream flag pgw refuses (`--persistence.*`,
     /// `--web.systemd-socket`, `--push.enable-utf8-names=true`), paths that do not start with
     /// `/`, and zero limits.
     pub fn validate(&self) -> Result<Settings, ConfigError> {
@@ -506,9 +555,6 @@ impl Config {
         }
         if self.persistence_interval.is_some() {
             return Err(ConfigError::Persistence("persistence.interval"));
-        }
-        if self.web_config_file.is_some() {
-            return Err(ConfigError::WebConfig);
         }
         if self.web_systemd_socket == Some(true) {
             return Err(ConfigError::SystemdSocket);
@@ -538,6 +584,21 @@ impl Config {
         }
         if self.snapshot_every == 0 {
             return Err(ConfigError::Zero("raft.snapshot-every"));
+        }
+        for (flag, d) in [
+            ("web.read-header-timeout", self.read_header_timeout),
+            ("web.read-body-timeout", self.read_body_timeout),
+            ("web.idle-timeout", self.idle_timeout),
+        ] {
+            if d.is_zero() {
+                return Err(ConfigError::Zero(flag));
+            }
+        }
+        if self.max_connections == 0 {
+            return Err(ConfigError::Zero("web.max-connections"));
+        }
+        if self.max_pending_writes == 0 {
+            return Err(ConfigError::Zero("push.max-pending-writes"));
         }
 
         let cluster = self.cluster_settings()?;
@@ -576,6 +637,15 @@ impl Config {
             max_body_bytes: self.max_body_bytes,
             shutdown_drain: self.shutdown_drain,
             limits: self.limits(),
+            web_config_file: (!self.web_config_file.is_empty())
+                .then(|| PathBuf::from(&self.web_config_file)),
+            edge: EdgeSettings {
+                read_header_timeout: self.read_header_timeout,
+                read_body_timeout: self.read_body_timeout,
+                idle_timeout: self.idle_timeout,
+                max_connections: self.max_connections,
+                max_pending_writes: self.max_pending_writes,
+            },
             warnings,
             cluster,
         })
@@ -804,7 +874,7 @@ impl Config {
             b(self.consistency_check_disabled()),
         );
         put("push.enable-utf8-names", String::new());
-        put("web.config.file", String::new());
+        put("web.config.file", self.web_config_file.clone());
         put("web.enable-admin-api", b(self.admin_api_enabled()));
         put("web.enable-lifecycle", b(self.lifecycle_enabled()));
         put("web.external-url", self.external_url.clone());
@@ -877,6 +947,20 @@ impl Config {
             self.max_snapshot_bytes.to_string(),
         );
         put("raft.snapshot-every", self.snapshot_every.to_string());
+        put(
+            "push.max-pending-writes",
+            self.max_pending_writes.to_string(),
+        );
+        put("web.idle-timeout", format_duration(self.idle_timeout));
+        put("web.max-connections", self.max_connections.to_string());
+        put(
+            "web.read-body-timeout",
+            format_duration(self.read_body_timeout),
+        );
+        put(
+            "web.read-header-timeout",
+            format_duration(self.read_header_timeout),
+        );
         put("storage.path", self.storage_path.display().to_string());
         put(
             "web.self-metrics-path",
@@ -1184,8 +1268,13 @@ mod tests {
             .validate()
             .unwrap_err();
         assert!(e.to_string().contains("--storage.path"), "{e}");
-        let e = cfg(&["--web.config.file=web.yml"]).validate().unwrap_err();
-        assert!(e.to_string().contains("reverse proxy"), "{e}");
+        let s = cfg(&["--web.config.file=web.yml"])
+            .validate()
+            .expect("accepted");
+        assert_eq!(s.web_config_file, Some(PathBuf::from("web.yml")));
+        assert_eq!(s.flags["web.config.file"], "web.yml");
+        assert!(cfg(&["--web.max-connections=0"]).validate().is_err());
+        assert!(cfg(&["--web.read-header-timeout=0s"]).validate().is_err());
         assert_eq!(
             cfg(&["--web.systemd-socket"]).validate().unwrap_err(),
             ConfigError::SystemdSocket

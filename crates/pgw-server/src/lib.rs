@@ -13,6 +13,10 @@
 //! - [`run`]: wiring a node and the HTTP server together, with graceful shutdown (a drain with
 //!   `/-/ready` 503 first), SIGHUP reloads ([`reload`]) and the systemd readiness
 //!   notifications (`notify`: `READY=1`, `STOPPING=1` to `$NOTIFY_SOCKET`);
+//! - [`web`]: the `--web.config.file` (exporter-toolkit TLS, basic auth, headers; pgw's
+//!   scoped credentials) and its reload ([`web::WebConfigHandle::reload`], for SIGHUP);
+//! - [`edge`]: the accept loop and connection serving: TLS, connection bound, header, body
+//!   and idle timeouts, accept-error backoff, the fd-limit raise at start;
 //! - [`serve`] and [`Clock`]: the same HTTP server on an already started node, any listener
 //!   and an injected wall clock (the seams the deterministic simulation runs a node through).
 //!
@@ -23,6 +27,7 @@
 #![warn(missing_docs)]
 
 pub mod config;
+pub mod edge;
 mod http;
 pub mod logging;
 pub mod metrics;
@@ -30,6 +35,7 @@ mod notify;
 pub mod reload;
 mod timefmt;
 mod ui;
+pub mod web;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -47,27 +53,32 @@ pub use config::Config;
 /// `--web.enable-lifecycle`), lets in-flight requests finish, then shuts the node down.
 ///
 /// The listener is the caller's, so tests can bind `127.0.0.1:0` and the binary can bind
-/// the flag's address.
+/// the flag's address. The web config file is loaded here; use [`run_with_web`] to keep a
+/// handle for reloading it.
 ///
 /// # Errors
-/// Invalid flags ([`Config::validate`]), a node that cannot start (storage), a failing
-/// server, or an unclean node shutdown.
+/// Invalid flags ([`Config::validate`]), a web config file that does not load, a node that
+/// cannot start (storage), a failing server, or an unclean node shutdown.
 pub async fn run(
     config: Config,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    run_with_reload(config, listener, shutdown, None).await
+    let settings = config.validate()?;
+    let web = web::WebConfigHandle::load(settings.web_config_file.as_deref())?;
+    run_with_web(config, listener, web, shutdown, None).await
 }
 
-/// [`run`], reloading what can be reloaded each time `reload` yields (the binary feeds it
+/// [`run`] with a web configuration the caller loaded, reloading what can be reloaded (the
+/// web config file, the cluster TLS files) each time `reload` yields (the binary feeds it
 /// SIGHUP; see [`reload`]).
 ///
 /// # Errors
 /// As [`run`].
-pub async fn run_with_reload(
+pub async fn run_with_web(
     config: Config,
     listener: TcpListener,
+    web: web::WebConfigHandle,
     shutdown: impl Future<Output = ()> + Send + 'static,
     reload: Option<tokio::sync::mpsc::Receiver<()>>,
 ) -> anyhow::Result<()> {
@@ -138,12 +149,16 @@ pub async fn run_with_reload(
         version = env!("CARGO_PKG_VERSION"),
         "listening"
     );
-    serve_with_reload(
+    let stats = Arc::new(edge::EdgeStats::default());
+    let listener = edge::TcpAcceptor::new(listener, stats.clone());
+    serve_with(
         settings,
         node,
         listener,
         Arc::new(SystemClock),
         notify::serving(shutdown),
+        web,
+        stats,
         reload,
     )
     .await
@@ -185,28 +200,24 @@ where
     L: axum::serve::Listener,
     L::Addr: std::fmt::Debug,
 {
-    serve_with_reload(settings, node, listener, clock, shutdown, None).await
+    let web = web::WebConfigHandle::load(settings.web_config_file.as_deref())?;
+    let stats = Arc::new(edge::EdgeStats::default());
+    serve_with(settings, node, listener, clock, shutdown, web, stats, None).await
 }
 
-/// [`serve`], reloading what can be reloaded each time `reload` yields.
-///
-/// # Errors
-/// As [`serve`].
-pub async fn serve_with_reload<L>(
-    settings: config::Settings,
-    node: Arc<Node>,
-    listener: L,
-    clock: Arc<dyn Clock>,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-    reload: Option<tokio::sync::mpsc::Receiver<()>>,
-) -> anyhow::Result<()>
-where
-    L: axum::serve::Listener,
-    L::Addr: std::fmt::Debug,
-{
-    let (quit_tx, mut quit_rx) = watch::channel(false);
-    let metrics = metrics::SelfMetrics::new(metrics::BuildInfo::current());
-    let reloads = Arc::new(reload::Reloads::default());
+/// The reloadable parts of a node: its web config file, and its cluster TLS files when the
+/// cluster port uses TLS.
+fn reloadable(node: &Arc<Node>, web: &web::WebConfigHandle) -> reload::Reloads {
+    let reloads = reload::Reloads::default();
+    let w = web.clone();
+    reloads.register(
+        "web config",
+        Box::new(move || {
+            w.reload()
+                .map(|()| "--web.config.file re-read".to_string())
+                .map_err(|e| e.to_string())
+        }),
+    );
     if node.cluster_security().is_some() {
         let n = node.clone();
         reloads.register(
@@ -217,6 +228,27 @@ where
             }),
         );
     }
+    reloads
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn serve_with<L>(
+    settings: config::Settings,
+    node: Arc<Node>,
+    listener: L,
+    clock: Arc<dyn Clock>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    web: web::WebConfigHandle,
+    stats: Arc<edge::EdgeStats>,
+    reload: Option<tokio::sync::mpsc::Receiver<()>>,
+) -> anyhow::Result<()>
+where
+    L: axum::serve::Listener,
+{
+    let (quit_tx, mut quit_rx) = watch::channel(false);
+    let metrics = metrics::SelfMetrics::new(metrics::BuildInfo::current());
+    let limits = settings.edge;
+    let reloads = Arc::new(reloadable(&node, &web));
     let reload_task = reload.map(|rx| tokio::spawn(reload::serve(reloads.clone(), rx)));
     let app = Arc::new(http::App::new(
         settings,
@@ -225,14 +257,14 @@ where
         quit_tx,
         clock,
         reloads,
+        web.clone(),
+        stats.clone(),
     ));
-    let router = axum::Router::new()
-        .fallback(http::dispatch)
-        .with_state(app.clone());
     let failed = Arc::new(std::sync::Mutex::new(None::<String>));
     let signal = {
         let node = node.clone();
         let failed = failed.clone();
+        let app = app.clone();
         async move {
             let drain = tokio::select! {
                 () = shutdown => {
@@ -272,15 +304,12 @@ where
             tracing::info!("no longer accepting connections; finishing requests in flight");
         }
     };
-    let served = axum::serve(listener, router)
-        .with_graceful_shutdown(signal)
-        .await;
+    edge::serve(listener, app, web, limits, stats, signal).await;
     tracing::info!("HTTP server stopped");
     if let Some(t) = reload_task {
         t.abort();
     }
     let stopped = node.shutdown().await;
-    served.context("serving HTTP")?;
     if let Some(why) = failed.lock().unwrap_or_else(|p| p.into_inner()).take() {
         anyhow::bail!("Raft stopped for good: {why}");
     }

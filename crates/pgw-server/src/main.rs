@@ -20,6 +20,18 @@ async fn main() -> ExitCode {
     if let Some(fp) = pgw_store::failpoint::setup_from_env() {
         tracing::warn!(FAILPOINTS = %fp, "this build has fail points (crash tests only)");
     }
+    // As Go programs do: the soft RLIMIT_NOFILE up to the hard limit, before any socket.
+    pgw_server::edge::raise_fd_limit();
+    let web = match pgw_server::web::WebConfigHandle::load(
+        (!config.web_config_file.is_empty()).then(|| std::path::Path::new(&config.web_config_file)),
+    ) {
+        Ok(w) => w,
+        Err(e) => {
+            tracing::error!(err = %e, "cannot start: fix the web config file");
+            eprintln!("pgw: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let listener = match pgw_server::bind(&config.listen_address).await {
         Ok(l) => l,
         Err(e) => {
@@ -36,7 +48,7 @@ async fn main() -> ExitCode {
             std::process::exit(1);
         });
     };
-    match pgw_server::run_with_reload(config, listener, shutdown, reload).await {
+    match pgw_server::run_with_web(config, listener, web, shutdown, reload).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(err = format!("{e:#}"), "pgw stopped with an error");

@@ -403,6 +403,46 @@ fn process_families() -> Vec<MetricFamily> {
     out
 }
 
+/// The HTTP edge's self-metrics (`pgw_http_*`, `pgw_web_config_*`). Node-local.
+pub fn edge_families(e: &crate::edge::EdgeStats, web_reload_ok: bool) -> Vec<MetricFamily> {
+    use std::sync::atomic::Ordering::Relaxed;
+    let mut out = Vec::new();
+    let counter = |out: &mut Vec<MetricFamily>, name: &str, v: &std::sync::atomic::AtomicU64| {
+        push_family(
+            out,
+            name,
+            vec![metric(&[], Value::Counter(v.load(Relaxed) as f64))],
+        );
+    };
+    counter(&mut out, "pgw_http_accept_errors_total", &e.accept_errors);
+    counter(&mut out, "pgw_http_body_timeouts_total", &e.body_timeouts);
+    gauge(
+        &mut out,
+        "pgw_http_connections_open",
+        Some(e.open.load(Relaxed).max(0) as f64),
+    );
+    counter(&mut out, "pgw_http_connections_rejected_total", &e.rejected);
+    counter(
+        &mut out,
+        "pgw_http_connections_timed_out_total",
+        &e.timed_out,
+    );
+    counter(&mut out, "pgw_http_forbidden_total", &e.forbidden);
+    counter(
+        &mut out,
+        "pgw_http_tls_handshake_failures_total",
+        &e.tls_failures,
+    );
+    counter(&mut out, "pgw_http_unauthorized_total", &e.unauthorized);
+    counter(&mut out, "pgw_http_writes_throttled_total", &e.throttled);
+    gauge(
+        &mut out,
+        "pgw_web_config_last_reload_successful",
+        Some(if web_reload_ok { 1.0 } else { 0.0 }),
+    );
+    out
+}
+
 /// The node's Raft and cluster self-metrics (`pgw_raft_*`, `pgw_cluster_*`), from the live
 /// node. Node-local: never replicated, different on every replica.
 pub fn cluster_families(node: &pgw_raft::Node) -> Vec<MetricFamily> {

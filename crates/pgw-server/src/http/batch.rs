@@ -45,6 +45,18 @@ struct Job {
 pub(crate) struct Batcher {
     tx: mpsc::UnboundedSender<Job>,
     node: Arc<Node>,
+    /// Writes admitted and not answered yet ([`Batcher::admit`]); bounds the queue.
+    pending: Arc<std::sync::atomic::AtomicUsize>,
+    max_pending: usize,
+}
+
+/// A write's place among the `--push.max-pending-writes`; released on drop.
+pub(crate) struct Slot(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 fn payload_len(cmd: &Command) -> usize {
@@ -67,7 +79,7 @@ fn payload_len(cmd: &Command) -> usize {
 
 impl Batcher {
     /// Starts the batching task (on the current Tokio runtime).
-    pub(crate) fn new(node: Arc<Node>) -> Batcher {
+    pub(crate) fn new(node: Arc<Node>, max_pending: usize) -> Batcher {
         let (tx, rx) = mpsc::unbounded_channel();
         tokio::spawn(run(node.clone(), rx));
         // Only where the runtime has worker threads (the binary's): the trim runs on the
@@ -78,7 +90,21 @@ impl Batcher {
         {
             tokio::spawn(trim(Arc::downgrade(&node)));
         }
-        Batcher { tx, node }
+        Batcher {
+            tx,
+            node,
+            pending: Arc::default(),
+            max_pending,
+        }
+    }
+
+    /// A slot for one write, or `None` when `max_pending` writes are already waiting (the
+    /// caller answers 429): the queue in front of the Raft log never grows without bound.
+    pub(crate) fn admit(&self) -> Option<Slot> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let prev = self.pending.fetch_add(1, Relaxed);
+        let slot = Slot(self.pending.clone());
+        (prev < self.max_pending).then_some(slot)
     }
 
     /// Replicates `cmd` like [`Node::write`], batched with concurrent writes.

@@ -23,6 +23,7 @@ pub(crate) mod router;
 mod scrape;
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::Instant;
 
 use axum::extract::{Request, State};
@@ -54,6 +55,11 @@ pub(crate) struct App {
     pub(crate) reloads: Arc<crate::reload::Reloads>,
     /// Set once a shutdown began: `/-/ready` answers 503 while the node drains.
     pub(crate) draining: std::sync::atomic::AtomicBool,
+    /// The web config file in force (TLS is applied per connection in [`crate::edge`];
+    /// authentication, scopes and headers here).
+    pub(crate) web: crate::web::WebConfigHandle,
+    /// The HTTP edge's counters.
+    pub(crate) edge: Arc<crate::edge::EdgeStats>,
     main: Table<MainRoute>,
     api: Table<api::ApiRoute>,
     /// `<prefix>/api/v1`.
@@ -84,6 +90,8 @@ impl App {
         quit: watch::Sender<bool>,
         clock: Arc<dyn crate::Clock>,
         reloads: Arc<crate::reload::Reloads>,
+        web: crate::web::WebConfigHandle,
+        edge: Arc<crate::edge::EdgeStats>,
     ) -> Self {
         let p = settings.route_prefix.clone();
         let mut main = Table::default();
@@ -130,10 +138,13 @@ impl App {
         main.add(&get, vec![lit("/-/quit")], MainRoute::QuitGet);
 
         let api = api::table(settings.enable_admin_api);
+        let max_pending = settings.edge.max_pending_writes;
         App {
             api_base: format!("{p}/api/v1").into_bytes(),
             settings,
-            writes: batch::Batcher::new(node.clone()),
+            writes: batch::Batcher::new(node.clone(), max_pending),
+            web,
+            edge,
             node,
             metrics,
             start_time_ns: crate::timefmt::unix_nanos(clock.now()),
@@ -166,20 +177,72 @@ impl Instrument {
 /// The axum fallback handler: every request comes through here.
 pub(crate) async fn dispatch(State(app): State<Arc<App>>, req: Request) -> Response {
     let start = Instant::now();
+    let body_deadline = tokio::time::Instant::now() + app.settings.edge.read_body_timeout;
     let (parts, body) = req.into_parts();
-    let (resp, instrument) = handle(&app, &parts, body).await;
-    if let Some(i) = instrument {
-        let push = i
-            .push_body
-            .map(|n| (start.elapsed(), approximate_request_size(&parts, n)));
-        app.metrics.observe(Observation {
-            handler: i.handler,
-            method: parts.method.as_str().to_ascii_lowercase(),
-            code: resp.status().as_u16(),
-            push,
-        });
+    let web = app.web.current();
+    let mut body = Some(body);
+    let mut resp = match app.web.authenticate(&web, &parts.headers).await {
+        Ok(principal) => {
+            let access = Access {
+                web: &web,
+                principal,
+            };
+            let req_body = body.take().unwrap_or_default();
+            let (resp, instrument) = handle(&app, &parts, req_body, &access, body_deadline).await;
+            if let Some(i) = instrument {
+                let push = i
+                    .push_body
+                    .map(|n| (start.elapsed(), approximate_request_size(&parts, n)));
+                app.metrics.observe(Observation {
+                    handler: i.handler,
+                    method: parts.method.as_str().to_ascii_lowercase(),
+                    code: resp.status().as_u16(),
+                    push,
+                });
+            }
+            resp
+        }
+        Err(crate::web::Denied::Unauthorized) => {
+            app.edge.unauthorized.fetch_add(1, Relaxed);
+            let mut r = resp::error(StatusCode::UNAUTHORIZED, "Unauthorized");
+            resp::set(&mut r, http::header::WWW_AUTHENTICATE, "Basic");
+            body::drain(body.take().unwrap_or_default(), body_deadline).await;
+            r
+        }
+    };
+    if resp.status() == StatusCode::REQUEST_TIMEOUT {
+        app.edge.body_timeouts.fetch_add(1, Relaxed);
+    }
+    // `http_server_config.headers`, on every response (as upstream, 401s included).
+    for (k, v) in &web.headers {
+        resp.headers_mut().insert(k.clone(), v.clone());
     }
     resp
+}
+
+/// Who is asking, and the configuration their scope is checked against.
+struct Access<'a> {
+    web: &'a crate::web::WebConfig,
+    principal: crate::web::Principal,
+}
+
+impl Access<'_> {
+    /// A 403 response when the principal's scope does not allow `method` (with
+    /// `push_job` for pushes and deletes of a group).
+    fn check(&self, app: &App, method: &Method, push_job: Option<&str>) -> Option<Response> {
+        crate::web::authorize(self.web, &self.principal, method, push_job)
+            .err()
+            .map(|msg| forbidden(app, &msg))
+    }
+}
+
+fn forbidden(app: &App, msg: &str) -> Response {
+    app.edge.forbidden.fetch_add(1, Relaxed);
+    tracing::info!(
+        reason = msg,
+        "request refused by the web config's pgw_authorization"
+    );
+    resp::error(StatusCode::FORBIDDEN, msg)
 }
 
 /// client_golang's `computeApproximateRequestSize`: URL, method, protocol, header names and
@@ -201,6 +264,8 @@ async fn handle(
     app: &Arc<App>,
     parts: &Parts,
     body: axum::body::Body,
+    access: &Access<'_>,
+    body_deadline: tokio::time::Instant,
 ) -> (Response, Option<Instrument>) {
     let raw = parts.uri.path();
     if raw == "*" {
@@ -238,11 +303,15 @@ async fn handle(
         && path.starts_with(&app.api_base)
         && path[app.api_base.len()] == b'/'
     {
+        if let Some(r) = access.check(app, &parts.method, None) {
+            body::drain(body, body_deadline).await;
+            return (r, None);
+        }
         return api::handle(app, parts, body, &path, app.api_base.len()).await;
     }
 
     let max = app.settings.max_body_bytes;
-    let mut body = BufferedBody::new(body);
+    let mut body = BufferedBody::new(body, body_deadline);
     if content_encoding(parts).is_some_and(|ce| ce.eq_ignore_ascii_case("gzip")) {
         let prefix = match body.prefix(10, max).await {
             Ok(p) => p,
@@ -255,8 +324,27 @@ async fn handle(
 
     let (route, caps) = match app.main.route(&parts.method, &path) {
         Outcome::Match(route, caps) => (route, caps),
-        other => return (table_response(parts, other), None),
+        other => {
+            body.discard().await;
+            return (table_response(parts, other), None);
+        }
     };
+    // Scopes: a push or delete of a group is checked against its job name (a key that
+    // does not parse is refused by the handler with 400 and changes nothing); everything
+    // else by method.
+    let push_job = match (route, &caps[..]) {
+        (MainRoute::Push(b64), [job, rest @ ..]) => {
+            let labels = rest.first().map_or(&[][..], Vec::as_slice);
+            pgw_core::key::parse(job, b64, labels)
+                .ok()
+                .map(|k| k.job().to_string())
+        }
+        _ => None,
+    };
+    if let Some(r) = access.check(app, &parts.method, push_job.as_deref()) {
+        body.discard().await;
+        return (r, None);
+    }
     match route {
         MainRoute::Push(b64) => {
             let mut caps = caps.into_iter();

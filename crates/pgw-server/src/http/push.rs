@@ -29,6 +29,17 @@ pub(super) fn read_error(e: ReadError, max: usize) -> Response {
     match e {
         ReadError::TooLarge => too_large(max),
         ReadError::Io(msg) => resp::error(StatusCode::BAD_REQUEST, &msg),
+        ReadError::Stalled => {
+            tracing::info!(
+                "request body did not arrive in time (--web.read-body-timeout); answered 408"
+            );
+            let mut r = resp::error(
+                StatusCode::REQUEST_TIMEOUT,
+                "request body not received in time (--web.read-body-timeout)",
+            );
+            resp::set(&mut r, header::CONNECTION, "close");
+            r
+        }
     }
 }
 
@@ -121,7 +132,10 @@ pub(super) async fn push(
 ) -> (Response, usize) {
     let key = match parse_key(job, b64, labels) {
         Ok(k) => k,
-        Err(r) => return (r.response(), 0),
+        Err(r) => {
+            body.discard().await;
+            return (r.response(), 0);
+        }
     };
     let max = app.settings.max_body_bytes;
     // Refuse an announced oversized body before reading any of it.
@@ -235,6 +249,18 @@ pub(super) async fn wipe(app: &Arc<App>) -> Response {
 /// `--cluster.write-timeout` (it may still be applied; the message says so) or while
 /// shutting down, 500 on a fatal error.
 async fn write(app: &App, cmd: Command, ok: StatusCode, method: &http::Method) -> Response {
+    let Some(_slot) = app.writes.admit() else {
+        app.edge
+            .throttled
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        tracing::debug!(%method, "write refused: --push.max-pending-writes writes are waiting for the Raft log");
+        let mut r = resp::error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too many writes are waiting for the Raft log on this node (--push.max-pending-writes); retry later",
+        );
+        resp::set(&mut r, header::RETRY_AFTER, "1");
+        return r;
+    };
     match app.writes.write(cmd).await {
         Ok(CommandResponse::Applied) => resp::empty(ok),
         // A limit that depends on the store (`--push.max-groups`), decided in apply.

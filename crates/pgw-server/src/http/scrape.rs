@@ -44,6 +44,10 @@ fn self_families(app: &App) -> Vec<MetricFamily> {
     let mut fams = app.metrics.families();
     fams.extend(crate::metrics::cluster_families(&app.node));
     fams.extend(crate::metrics::reload_families(&app.reloads));
+    fams.extend(crate::metrics::edge_families(
+        &app.edge,
+        app.web.last_reload_ok(),
+    ));
     fams.sort_by(|a, b| a.name.cmp(&b.name));
     fams
 }
