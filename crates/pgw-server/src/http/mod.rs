@@ -83,6 +83,8 @@ enum MainRoute {
 }
 
 impl App {
+    // Every part is owned elsewhere and handed in once; grouping them would only move the list.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         settings: Settings,
         node: Arc<Node>,
