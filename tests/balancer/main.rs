@@ -444,3 +444,135 @@ async fn haproxy_stops_routing_without_quorum_and_recovers() {
     )
     .await;
 }
+
+/// The shipped balancer configurations are valid for the balancers themselves
+/// (`haproxy -c`, `nginx -t` with the site in a minimal main configuration).
+#[test]
+fn shipped_configs_pass_haproxy_c_and_nginx_t() {
+    let cfg = support::repo_file("deploy/haproxy/haproxy.cfg");
+    let out = std::process::Command::new("haproxy")
+        .arg("-c")
+        .arg("-f")
+        .arg(&cfg)
+        .output()
+        .expect("run haproxy -c (apt-get install haproxy)");
+    assert!(
+        out.status.success(),
+        "haproxy -c: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let dir = tempfile::TempDir::new().unwrap();
+    let site = support::repo_file("deploy/nginx/pgw.conf");
+    let main = format!(
+        "pid {d}/nginx.pid;\nerror_log {d}/error.log;\nevents {{}}\nhttp {{\n    access_log off;\n    \
+         include {};\n}}\n",
+        site.display(),
+        d = dir.path().display()
+    );
+    let conf = dir.path().join("nginx.conf");
+    std::fs::write(&conf, main).unwrap();
+    let out = std::process::Command::new("nginx")
+        .arg("-t")
+        .arg("-p")
+        .arg(dir.path())
+        .arg("-c")
+        .arg(&conf)
+        .output()
+        .expect("run nginx -t (apt-get install nginx)");
+    assert!(
+        out.status.success(),
+        "nginx -t: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Real clients that know only the balancer: curl, the Python `prometheus_client`
+/// (`push_to_gateway`, `pushadd_to_gateway`) and the load tool
+/// `pgw-load` push through HAProxy; everything lands on every node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn real_clients_through_haproxy() {
+    let mut c = lb_cluster().await;
+    let addrs: Vec<SocketAddr> = c.nodes.iter().map(|n| n.addr).collect();
+    let lb = Balancer::haproxy(&addrs, c.root.path()).await;
+    let url = format!("http://{}", lb.addr);
+    // curl
+    let out = std::process::Command::new("curl")
+        .args([
+            "-sS",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--data-binary",
+            "@-",
+        ])
+        .arg(format!("{url}/metrics/job/curl/instance/lb"))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            use std::io::Write;
+            if let Some(mut stdin) = child.stdin.take() {
+                stdin.write_all(b"curl_pushed 1\n")?;
+            }
+            child.wait_with_output()
+        })
+        .expect("run curl");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "200");
+    // prometheus_client
+    let script = support::repo_file("tests/clients/push.py");
+    let py = support::test_python();
+    for step in ["push", "pushadd"] {
+        let out = std::process::Command::new(&py)
+            .arg(&script)
+            .args([lb.addr.to_string().as_str(), step])
+            .output()
+            .expect("run push.py");
+        assert!(
+            out.status.success(),
+            "prometheus_client {step} through HAProxy: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // pgw-load
+    let load = support::pgw_binary().with_file_name("pgw-load");
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(load)
+            .args([
+                "--url", &url, "-c", "4", "-d", "2", "--groups", "20", "push",
+            ])
+            .output()
+            .expect("run pgw-load")
+    })
+    .await
+    .unwrap();
+    let report = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "pgw-load: {report}");
+    let pushed = report
+        .lines()
+        .find(|l| l.starts_with("push:"))
+        .unwrap_or_else(|| panic!("no push line in {report}"));
+    let ok_of: Vec<&str> = pushed.split_whitespace().collect();
+    // "push: N ok of M in ..."
+    assert_eq!(
+        ok_of.get(1),
+        ok_of.get(4),
+        "pgw-load saw failures: {pushed}"
+    );
+    let addrs: Vec<SocketAddr> = c
+        .nodes
+        .iter_mut()
+        .filter_map(|n| n.is_running().then_some(n.addr))
+        .collect();
+    let body = support::same_metrics(&addrs, TIMEOUT).await;
+    assert!(
+        body.contains("curl_pushed{instance=\"lb\",job=\"curl\"} 1"),
+        "{body}"
+    );
+    assert!(body.contains("pgw_load_gauge"), "pgw-load's pushes missing");
+    assert!(
+        body.contains("job_extra{instance=\"host-1\",job=\"batch\"} 7"),
+        "prometheus_client's pushes missing: {body}"
+    );
+}

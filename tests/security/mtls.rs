@@ -667,6 +667,12 @@ fn reload_rotates_certificates_without_leaving_the_cluster() {
                 heartbeat: Duration::from_millis(50),
                 election_timeout: Duration::from_millis(300),
                 security: Some(security(&pki, &format!("node{id}"))),
+                // The probe writes below are wipes (they change nothing the test checks), which
+                // a node admits only with the admin API, as over HTTP.
+                policy: pgw_core::policy::Policy {
+                    admin_api: true,
+                    ..Default::default()
+                },
                 ..NodeConfig::single(root.path().join(format!("n{id}")))
             };
             nodes.push(Node::start(config, Some(l)).await.expect("node starts"));
