@@ -260,13 +260,20 @@ async fn lb_cluster() -> PgwCluster {
     c
 }
 
+/// [`lb_cluster`] behind HAProxy with the shipped configuration.
+async fn haproxy_cluster() -> (PgwCluster, Balancer) {
+    let c = lb_cluster().await;
+    let addrs: Vec<SocketAddr> = c.nodes.iter().map(|n| n.addr).collect();
+    let lb = Balancer::haproxy(&addrs, c.root.path()).await;
+    (c, lb)
+}
+
 /// `kill -9` of the leader while clients push through HAProxy: no acknowledged push is lost,
 /// at most 2% fail, and a push sent after the kill is acknowledged within 2 s of it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn haproxy_leader_kill9_loses_nothing() {
-    let mut c = lb_cluster().await;
+    let (mut c, lb) = haproxy_cluster().await;
     let addrs: Vec<SocketAddr> = c.nodes.iter().map(|n| n.addr).collect();
-    let lb = Balancer::haproxy(&addrs, c.root.path()).await;
     let load = Load::start(lb.addr, 8);
     load.wait_acks(200).await;
     let leader = leader_of(addrs[0]).await;
@@ -373,9 +380,7 @@ async fn rolling_restart_without_failures(c: &mut PgwCluster, lb: &Balancer) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn haproxy_rolling_restart_fails_no_push() {
-    let mut c = lb_cluster().await;
-    let addrs: Vec<SocketAddr> = c.nodes.iter().map(|n| n.addr).collect();
-    let lb = Balancer::haproxy(&addrs, c.root.path()).await;
+    let (mut c, lb) = haproxy_cluster().await;
     rolling_restart_without_failures(&mut c, &lb).await;
 }
 
@@ -392,9 +397,8 @@ async fn nginx_rolling_restart_fails_no_push() {
 /// without restarting the survivor or the balancer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn haproxy_stops_routing_without_quorum_and_recovers() {
-    let mut c = lb_cluster().await;
+    let (mut c, lb) = haproxy_cluster().await;
     let addrs: Vec<SocketAddr> = c.nodes.iter().map(|n| n.addr).collect();
-    let lb = Balancer::haproxy(&addrs, c.root.path()).await;
     let lba = lb.addr;
     assert_eq!(
         support::put(lba, "/metrics/job/q/instance/before", "m 1\n").await,
@@ -492,9 +496,7 @@ fn shipped_configs_pass_haproxy_c_and_nginx_t() {
 /// `pgw-load` push through HAProxy; everything lands on every node.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn real_clients_through_haproxy() {
-    let mut c = lb_cluster().await;
-    let addrs: Vec<SocketAddr> = c.nodes.iter().map(|n| n.addr).collect();
-    let lb = Balancer::haproxy(&addrs, c.root.path()).await;
+    let (mut c, lb) = haproxy_cluster().await;
     let url = format!("http://{}", lb.addr);
     // curl
     let out = std::process::Command::new("curl")
